@@ -1,0 +1,19 @@
+# Two commands do all set-up on a fresh machine (they create .venv/ if missing).
+PY := .venv/bin/python
+
+.PHONY: venv demo test test-fast bench
+
+venv:
+	@bash scripts/ensure_venv.sh
+
+demo: venv  ## tiny model -> train a PARA adapter -> save -> reload -> generate (reference + vLLM)
+	$(PY) examples/demo.py
+
+test: venv  ## the whole test suite (what CI runs)
+	$(PY) -m pytest -q tests
+
+test-fast: venv  ## tests that do not start a vLLM engine
+	$(PY) -m pytest -q tests -m "not engine"
+
+bench: venv
+	$(PY) benchmarks/offline_throughput.py

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny locally built checkpoints (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from vllm_para.tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    from vllm_para.tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_gemma"), arch="gemma")
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma"])
+def tiny_model(request, tiny_llama, tiny_gemma):
+    """Both architectures, one after the other."""
+    return {"llama": tiny_llama, "gemma": tiny_gemma}[request.param]

@@ -1,0 +1,111 @@
+"""Build small Llama/Gemma checkpoints and tokenizers locally (no model hub).
+
+Used by the tests, the demo, the benchmarks and the load tests. Everything is
+seeded, so the same arguments always give the same files.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+_WORDS = (
+    "the a an of to in is was for on with as by at from that this it be are or not have "
+    "select count where order group table user name city price item date value sum max min "
+    "what which who when how many much list show find give return answer question query "
+    "red green blue one two three four five six seven eight nine ten cat dog bird fish "
+    "run jump walk read write open close start stop fast slow big small new old good bad"
+).split()
+
+
+def synthetic_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
+
+
+def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_length: int = 4096):
+    """Train a byte-level BPE tokenizer on a synthetic corpus and save it (HF format)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(directory))
+    return fast
+
+
+def build_tiny_model(
+    directory: str | Path,
+    arch: str = "llama",
+    hidden_size: int = 128,
+    intermediate_size: int = 256,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    head_dim: int = 64,
+    vocab_size: int = 512,
+    max_position_embeddings: int = 2048,
+    initializer_range: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight float32 checkpoint + tokenizer to `directory`.
+
+    head_dim defaults to 64 (vLLM's CPU attention does not support 16) and
+    num_key_value_heads < num_attention_heads exercises GQA.
+    """
+    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory, vocab_size=vocab_size, model_max_length=max_position_embeddings)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    if arch == "llama":
+        config, cls = LlamaConfig(tie_word_embeddings=False, **common), LlamaForCausalLM
+    elif arch == "gemma":
+        # vLLM's Gemma always uses the tanh GeLU; match it so outputs agree.
+        config, cls = GemmaConfig(hidden_activation="gelu_pytorch_tanh", **common), GemmaForCausalLM
+    else:
+        raise ValueError(f"unknown arch {arch!r}; expected 'llama' or 'gemma'")
+    torch.manual_seed(seed)
+    model = cls(config).to(torch.float32)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return directory
