@@ -109,3 +109,31 @@ def build_tiny_model(
     model = cls(config).to(torch.float32)
     model.save_pretrained(str(directory), safe_serialization=True)
     return directory
+
+
+def build_random_adapter(
+    base_model: str | Path,
+    directory: str | Path,
+    r: int = 12,
+    targets: tuple[str, ...] = ("q", "v", "u"),
+    pooling: str = "last",
+    seed: int = 0,
+    up_std: float = 0.5,
+) -> Path:
+    """A PARA adapter for `base_model`: the trainer's init (W_up = 0, b_up = 1)
+    plus a seeded random W_up, so its vectors visibly differ from ones."""
+    from transformers import AutoConfig
+
+    from .adapter import PARAAdapter
+    from .config import ModelShape, PARAConfig
+    from .core import init_vg_weights
+
+    shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(base_model)))
+    config = PARAConfig(
+        base_model_name_or_path=str(base_model), r=r, targets=targets, pooling=pooling, **shape.model_dump()
+    )
+    gen = torch.Generator().manual_seed(seed)
+    weights = init_vg_weights(config, generator=gen, down_std=0.2)
+    weights.up = torch.randn(weights.up.shape, generator=gen) * up_std
+    weights.up_bias = weights.up_bias + torch.randn(weights.up_bias.shape, generator=gen) * 0.1
+    return PARAAdapter(config, weights).save(directory)

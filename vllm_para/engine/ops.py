@@ -1,0 +1,57 @@
+"""The `vllm_para::compute_vectors` op: run the VG for this step's prompts.
+
+Registered as a torch custom op so torch.compile treats it as opaque and
+calls it eagerly each step (on GPU it is also a CUDA-graph break point); it
+mutates the side buffer in place and returns nothing, so its output has no
+data-dependent shape. With no prompt in the step (every decode step) it
+returns at once: decode never runs the VG.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import pool_last, pool_prompts, vg_forward
+from .step_plan import current_plan
+
+_LIB = torch.library.Library("vllm_para", "FRAGMENT")  # lives as long as this module
+OP_NAME = "vllm_para::compute_vectors"
+
+
+def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -> None:
+    """Pool `residual` (the stream entering `layer`) per prompt, run each
+    adapter's VG, write the results into `vectors[layer, page]`."""
+    plan = current_plan()
+    if not plan:
+        return
+    layer_vectors = vectors[layer]
+    for group in plan.groups:
+        w = group.weights
+        if w.pooling == "last":
+            pooled = pool_last(residual, group.last_index)
+        else:
+            pooled = pool_prompts(residual, group.starts, group.ends, w.pooling)
+        out = vg_forward(pooled, w.down[layer], w.up[layer], w.up_bias[layer], out_dtype=vectors.dtype)
+        layer_vectors.index_copy_(0, group.pages, out)
+
+
+def _fake(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -> None:
+    return None
+
+
+def _register() -> None:
+    from torch._library.infer_schema import infer_schema
+
+    try:
+        from vllm.compilation.breakable_cudagraph import eager_break_during_capture
+
+        impl = eager_break_during_capture(compute_vectors)
+    except ImportError:  # pragma: no cover - older/newer vLLM layouts
+        impl = compute_vectors
+    _LIB.define("compute_vectors" + infer_schema(compute_vectors, mutates_args=["vectors"]))
+    for key in ("CPU", "CUDA"):
+        _LIB.impl("compute_vectors", impl, key)
+    _LIB._register_fake("compute_vectors", _fake)
+
+
+_register()

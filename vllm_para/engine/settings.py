@@ -1,0 +1,76 @@
+"""PARA engine settings, read from vLLM's `additional_config["para"]`.
+
+    LLM(model=BASE, additional_config={"para": {"modules": {"sql": "/path/sql"},
+                                                "max_adapters": 8}})
+    vllm serve BASE --enable-para --para-modules sql=/path/sql --max-para-adapters 8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ADDITIONAL_CONFIG_KEY = "para"
+REQUEST_ADAPTER_KEY = "para_adapter"  # SamplingParams.extra_args key selecting the adapter
+REQUEST_POOL_LEN_KEY = "para_prompt_len"  # internal: pool over the first N tokens (beam search)
+
+
+class PARASettingsError(ValueError):
+    pass
+
+
+class PARASettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    modules: dict[str, str] = Field(
+        default_factory=dict, description="adapter name -> adapter directory"
+    )
+    max_adapters: int = Field(
+        default=8, ge=1, le=1024, description="device slots for VG weights (LRU-swapped)"
+    )
+    max_rank: int = Field(default=64, ge=1, le=4096, description="largest VG rank r a slot holds")
+
+    @field_validator("modules")
+    @classmethod
+    def _names(cls, modules: dict[str, str]) -> dict[str, str]:
+        for name, path in modules.items():
+            if not name or any(c.isspace() for c in name) or "=" in name:
+                raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without spaces or '='")
+            if not str(path):
+                raise ValueError(f"adapter {name!r} has an empty path")
+        return {name: str(Path(path).expanduser()) for name, path in modules.items()}
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Any) -> "PARASettings | None":
+        """None when PARA is not enabled (no `para` key)."""
+        if not isinstance(additional_config, dict) or ADDITIONAL_CONFIG_KEY not in additional_config:
+            return None
+        raw = additional_config[ADDITIONAL_CONFIG_KEY]
+        if raw is True:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise PARASettingsError(
+                f'additional_config["para"] must be an object like {{"modules": {{"name": "/path"}}}}, got {raw!r}'
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"para.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise PARASettingsError(f"invalid PARA settings in additional_config: {problems}") from exc
+
+
+def parse_module_specs(specs: list[str]) -> dict[str, str]:
+    """`["sql=/p/sql", "qa=/p/qa"]` (CLI form) -> {"sql": "/p/sql", "qa": "/p/qa"}."""
+    modules: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise PARASettingsError(f"--para-modules entry {spec!r} must look like name=/path/to/adapter")
+        if name in modules:
+            raise PARASettingsError(f"--para-modules names {name!r} twice")
+        modules[name] = path
+    return modules
