@@ -52,6 +52,14 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
     if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", ""):
         raise PARASettingsError("PARA needs vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER.")
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # inherited by the engine and worker processes
+    from .worker_extension import EXTENSION_QUALNAME
+
+    current = getattr(args, "worker_extension_cls", "")
+    if current and current != EXTENSION_QUALNAME:
+        raise PARASettingsError(
+            f"PARA installs its own worker extension; --worker-extension-cls {current!r} cannot be combined with it."
+        )
+    args.worker_extension_cls = EXTENSION_QUALNAME
 
 
 def check_engine_config(vllm_config, settings: PARASettings) -> None:

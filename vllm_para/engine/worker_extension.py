@@ -1,0 +1,24 @@
+"""Methods PARA adds to vLLM workers through vLLM's `worker_extension_cls`,
+callable with `collective_rpc("para_...")` from `LLM` or the API server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .runtime import get_runtime
+
+EXTENSION_QUALNAME = "vllm_para.engine.worker_extension.PARAWorkerExtension"
+
+
+class PARAWorkerExtension:
+    def para_stats(self) -> dict[str, Any]:
+        runtime = get_runtime()
+        return runtime.stats() if runtime is not None else {}
+
+    def para_add_adapter(self, name: str, path: str) -> int:
+        return get_runtime().registry.add(name, path).version
+
+    def para_remove_adapter(self, name: str) -> None:
+        runtime = get_runtime()
+        runtime.registry.remove(name)
+        runtime.slots.evict(name)
