@@ -180,3 +180,26 @@ def test_more_adapters_than_slots(llm, prompt_ids):
     stats = para_stats(llm)
     assert stats["pages_capacity"] >= 32 and stats["bytes_per_sequence"] > 0
     assert sorted(stats["adapters"]) == sorted(ADAPTER_SPECS)  # 3 adapters, max_adapters=2: swaps, no error
+
+
+@pytest.fixture(scope="module")
+def plain_llm(tiny_llama):
+    engine = make_llm(tiny_llama, adapters=None)
+    yield engine
+    del engine
+
+
+def test_base_requests_equal_plain_engine(llm, plain_llm, prompt_ids):
+    batch = [(ids, None) for ids in prompt_ids]
+    para_engine = _generate(llm, batch + [(ids, "sql") for ids in prompt_ids])[: len(batch)]
+    plain = _generate(plain_llm, batch)
+    for a, b in zip(para_engine, plain):
+        assert list(a.token_ids) == list(b.token_ids)
+        assert chosen_logprobs(a) == chosen_logprobs(b)  # bit-identical: unit vectors multiply by exactly 1
+
+
+def test_plain_engine_refuses_para_requests(plain_llm, prompt_ids):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="PARA is not enabled"):
+        _generate(plain_llm, [(prompt_ids[0], "sql")])
