@@ -1,0 +1,146 @@
+"""The narrow places vllm-para hooks into vLLM: they must exist with the shapes
+we rely on (fails loudly if vLLM moves them), and engine set-up must refuse
+what PARA cannot serve. No engine is started here."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+
+import pytest
+
+import vllm_para.plugin as plugin
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    plugin.register()
+
+
+def _resolve(dotted: str):
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("target", plugin.PATCHES)
+def test_patched_targets_exist_and_are_wrapped(target):
+    fn = _resolve(target)
+    assert getattr(fn, "__para_wrapped__", False), f"{target} is not wrapped by vllm-para"
+    original = inspect.unwrap(fn)
+    params = list(inspect.signature(original).parameters)
+    expected = {
+        "create_engine_config": ["self", "usage_context", "headless"],
+        "process_inputs": ["self", "request_id", "prompt", "params"],
+        "generate_block_hash_extra_keys": ["request", "start_token_idx", "end_token_idx", "start_mm_idx"],
+        "_model_forward": ["self"],
+        "_on_request_state_removed": ["self", "req_id", "req_state"],
+    }[target.rsplit(".", 1)[1]]
+    assert params[: len(expected)] == expected, f"{target} signature changed: {params}"
+
+
+def test_runner_state_we_read_is_still_there():
+    from vllm.v1.worker import gpu_model_runner
+
+    source = inspect.getsource(gpu_model_runner.GPUModelRunner)
+    for needle in (
+        "self._on_request_state_removed(req_id, req_state)",  # called for finished/aborted requests
+        "self.query_start_loc.np[1 : num_reqs + 1] = cu_num_tokens",  # flat token layout
+        "self._model_forward(",  # the forward goes through the wrapped method
+    ):
+        assert needle in source, f"vLLM moved: {needle!r}"
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+
+    batch_source = inspect.getsource(InputBatch)
+    for needle in ("num_computed_tokens_cpu", "num_prompt_tokens", "def req_ids"):
+        assert needle in batch_source, f"InputBatch no longer has {needle}"
+
+
+def test_prefix_cache_key_only_for_para_requests():
+    from types import SimpleNamespace
+
+    from vllm.v1.core import kv_cache_utils
+
+    def req(extra):
+        return SimpleNamespace(
+            sampling_params=SimpleNamespace(extra_args=extra), prompt_token_ids=[1, 2, 3, 4],
+            lora_request=None, mm_features=[], cache_salt=None, prompt_embeds=None,
+        )
+
+    base, _ = kv_cache_utils.generate_block_hash_extra_keys(req(None), 0, 4, 0)
+    a, _ = kv_cache_utils.generate_block_hash_extra_keys(req({"para_adapter": "a", "para_cache_key": "a@1"}), 0, 4, 0)
+    b, _ = kv_cache_utils.generate_block_hash_extra_keys(req({"para_adapter": "b", "para_cache_key": "b@2"}), 0, 4, 0)
+    assert base is None and a != b and a[-1][0] == "para"
+
+
+def test_version_check_refuses_other_vllm(monkeypatch):
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", "0.31.2")
+    with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.x only, found vLLM 0\.31\.2"):
+        plugin.check_vllm_version()
+
+
+def _engine_config(model, **kwargs):
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(model=str(model), dtype="float32", max_model_len=256, **kwargs).create_engine_config()
+
+
+def test_para_engine_config(tiny_llama, tmp_path):
+    from vllm_para.tiny_models import build_random_adapter
+
+    build_random_adapter(tiny_llama, tmp_path / "a")
+    config = _engine_config(tiny_llama, additional_config={"para": {"modules": {"a": str(tmp_path / "a")}}})
+    assert config.scheduler_config.enable_chunked_prefill is False
+    assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
+    assert config.parallel_config.worker_extension_cls.endswith("PARAWorkerExtension")
+    plain = _engine_config(tiny_llama)
+    assert plain.parallel_config.worker_extension_cls == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"enable_lora": True}, "PARA and LoRA cannot be enabled together"),
+        ({"additional_config": {"para": {"modules": {"a": "/nonexistent"}}}}, r"PARA adapter 'a' \(/nonexistent\) cannot be loaded"),
+        ({"additional_config": {"para": {"max_adapters": 0}}}, "para.max_adapters"),
+        ({"additional_config": {"para": {"bogus": 1}}}, "para.bogus"),
+    ],
+)
+def test_engine_config_refusals(tiny_llama, kwargs, message):
+    kwargs = {"additional_config": {"para": {}}, **kwargs}
+    with pytest.raises(Exception, match=message):
+        _engine_config(tiny_llama, **kwargs)
+
+
+def test_adapter_for_other_base_model_refused(tiny_llama, tiny_gemma, tmp_path):
+    from vllm_para.tiny_models import build_random_adapter
+
+    build_random_adapter(tiny_gemma, tmp_path / "g", r=4)
+    # same hidden size but Gemma adapters are checked against this Llama's shapes
+    cfg = json.loads((tmp_path / "g" / "para_config.json").read_text())
+    cfg["intermediate_size"] += 1
+    (tmp_path / "g" / "para_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match=r"'g'.*intermediate_size=257 \(base model has 256\)"):
+        _engine_config(tiny_llama, additional_config={"para": {"modules": {"g": str(tmp_path / "g")}}})
+
+
+def test_unsupported_architecture_refused(tiny_llama, tmp_path):
+    model = tmp_path / "qwen"
+    shutil.copytree(tiny_llama, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match=r"PARA does not support architecture \['Qwen2ForCausalLM'\]; supported:"):
+        _engine_config(model, additional_config={"para": {}})
