@@ -16,7 +16,8 @@ logger = logging.getLogger("vllm_para")
 
 SUPPORTED_VLLM = "0.32."
 
-# Everything vllm-para changes in vLLM at run time (nothing else is touched).
+# Everything vllm-para changes in vLLM's engine at run time; the server's
+# hooks are listed in vllm_para.server.install.PATCHES.
 PATCHES = (
     "vllm.engine.arg_utils.EngineArgs.create_engine_config",  # PARA engine settings + adapter validation
     "vllm.v1.engine.input_processor.InputProcessor.process_inputs",  # per-request adapter check
@@ -89,6 +90,7 @@ def register() -> None:
 
     from .engine.prefix_cache import install_prefix_cache_keys
     from .engine.runner_hooks import install_runner_hooks
+    from .server.install import install_server_hooks
 
     for arch, cls in (
         ("LlamaForCausalLM", "PARALlamaForCausalLM"),
@@ -100,5 +102,6 @@ def register() -> None:
     _patch(InputProcessor, "process_inputs", _wrap_process_inputs)
     install_prefix_cache_keys()
     install_runner_hooks()
+    install_server_hooks()
     _registered = True
     logger.debug("vllm-para plugin registered")

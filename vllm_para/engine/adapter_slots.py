@@ -36,44 +36,55 @@ class RegisteredAdapter:
 
 
 class AdapterRegistry:
-    """name -> adapter directory, validated against the base model at registration."""
+    """name -> adapter directory, validated against the base model at registration.
+
+    Every registration gets a version. The frontend assigns versions and passes
+    them to the workers, so both sides agree which load a request was admitted
+    under. Removing a name only stops new requests from selecting it: requests
+    admitted before still find their (name, version) until they finish.
+    """
 
     def __init__(self, shape: ModelShape, modules: dict[str, str] | None = None) -> None:
         self.shape = shape
-        self._adapters: dict[str, RegisteredAdapter] = {}
+        self._active: dict[str, RegisteredAdapter] = {}
+        self._all: dict[tuple[str, int], RegisteredAdapter] = {}
         self._version = 0
         self._lock = threading.Lock()
         for name, path in (modules or {}).items():
             self.add(name, path)
 
-    def add(self, name: str, path: str) -> RegisteredAdapter:
+    def add(self, name: str, path: str, version: int | None = None) -> RegisteredAdapter:
         """Validate the adapter fully (config + every tensor) and register it."""
         with self._lock:
-            if name in self._adapters:
-                raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._adapters[name].path}).")
-            adapter = load_adapter(path, base_shape=self.shape)  # raises with file/tensor details
-            self._version += 1
-            entry = RegisteredAdapter(name, str(path), adapter.config, self._version)
-            self._adapters[name] = entry
+            if name in self._active:
+                raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
+        adapter = load_adapter(path, base_shape=self.shape)  # raises with file/tensor details
+        with self._lock:
+            if name in self._active:
+                raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
+            self._version = max(self._version + 1, version or 0)
+            entry = RegisteredAdapter(name, str(path), adapter.config, version or self._version)
+            self._active[name] = entry
+            self._all[(name, entry.version)] = entry
             return entry
 
     def remove(self, name: str) -> RegisteredAdapter:
         with self._lock:
-            if name not in self._adapters:
+            if name not in self._active:
                 raise UnknownAdapterError(self.unknown_message(name))
-            return self._adapters.pop(name)
+            return self._active.pop(name)
 
-    def get(self, name: str) -> RegisteredAdapter:
-        entry = self._adapters.get(name)
+    def get(self, name: str, version: int | None = None) -> RegisteredAdapter:
+        entry = self._active.get(name) if version is None else self._all.get((name, version))
         if entry is None:
             raise UnknownAdapterError(self.unknown_message(name))
         return entry
 
     def names(self) -> list[str]:
-        return sorted(self._adapters)
+        return sorted(self._active)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._adapters
+        return name in self._active
 
     def unknown_message(self, name: str) -> str:
         return f"PARA adapter {name!r} is not loaded. Available adapters: {self.names()}."
@@ -136,13 +147,13 @@ class AdapterSlots:
         r = self._rank[slot]
         return SlotWeights(self.down[slot, :, :r], self.up[slot, :, :, :r], self.up_bias[slot], self._pooling[slot])
 
-    def acquire(self, names: set[str]) -> dict[str, SlotWeights]:
-        """Make every adapter in `names` usable for this step; returns name -> weights."""
-        out: dict[str, SlotWeights] = {}
-        needed = {(n, self.registry.get(n).version) for n in names}
-        for name in sorted(names):
-            entry = self.registry.get(name)
-            key = (name, entry.version)
+    def acquire(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], SlotWeights]:
+        """Make every (name, version) in `keys` usable for this step."""
+        out: dict[tuple[str, int], SlotWeights] = {}
+        needed = set(keys)
+        for key in sorted(keys):
+            name = key[0]
+            entry = self.registry.get(*key)
             if entry.config.r > self.max_rank:
                 raise ValueError(
                     f"PARA adapter {name!r} has r={entry.config.r} > max_rank={self.max_rank}; "
@@ -153,11 +164,11 @@ class AdapterSlots:
                 slot = self._free_slot(needed)
                 if slot is None:  # more adapters in this step than slots: temporary copy
                     w = self._read(entry).to(device=self.device, dtype=torch.float32)
-                    out[name] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling)
+                    out[key] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling)
                     continue
                 self._fill(slot, key, entry)
             self._resident.move_to_end(key)
-            out[name] = self._view(slot)
+            out[key] = self._view(slot)
         return out
 
     def _free_slot(self, needed: set[tuple[str, int]]) -> int | None:
@@ -182,7 +193,3 @@ class AdapterSlots:
         self._rank[slot] = r
         self._pooling[slot] = entry.config.pooling
         self._resident[key] = slot
-
-    def evict(self, name: str) -> None:
-        for key in [k for k in self._resident if k[0] == name]:
-            del self._resident[key]

@@ -17,7 +17,7 @@ import os
 from ..config import ModelShape
 from .adapter_slots import AdapterRegistry
 from .prefix_cache import REQUEST_CACHE_KEY
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PARASettings, PARASettingsError
+from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, PARASettingsError
 
 logger = logging.getLogger("vllm_para")
 
@@ -111,7 +111,11 @@ def admit_request(vllm_config, request_id: str, params):
         raise VLLMNotFoundError(f"PARA adapter {name!r} is not loaded. Available adapters: {available}.")
     entry = registry.get(name)
     params = params.clone()
-    params.extra_args = {**params.extra_args, REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.path}"}
+    params.extra_args = {
+        **params.extra_args,
+        REQUEST_VERSION_KEY: entry.version,
+        REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.path}",
+    }
     if entry.config.pooling == "mean" or REQUEST_POOL_LEN_KEY in params.extra_args:
         # Pooling needs every pooled token computed in this request's own prefill.
         params.skip_reading_prefix_cache = True

@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelShape
 from .adapter_slots import AdapterRegistry, AdapterSlots
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PARASettings
+from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings
 from .step_plan import StepPlan, VGGroup
 from .tp_layout import RankLayout
 from .vector_pages import UNIT_PAGE, VectorPages
@@ -60,7 +60,7 @@ class PARARuntime:
         qsl = runner.query_start_loc.np
         num_tokens = int(qsl[num_reqs])
         token_pages = np.zeros(num_tokens, dtype=np.int64)
-        todo: dict[str, list[tuple[int, int, int]]] = defaultdict(list)  # adapter -> (page, start, end)
+        todo: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)  # adapter -> (page, start, end)
 
         for i, rid in enumerate(batch.req_ids[:num_reqs]):
             params = runner.requests[rid].sampling_params
@@ -75,7 +75,8 @@ class PARARuntime:
                 continue  # vectors of this prompt already computed (decode, or recompute after preemption)
             computed = int(batch.num_computed_tokens_cpu[i])
             prompt_len = int(extra.get(REQUEST_POOL_LEN_KEY) or batch.num_prompt_tokens[i])
-            pooling = self.registry.get(name).config.pooling
+            entry = self.registry.get(name, extra.get(REQUEST_VERSION_KEY))
+            pooling = entry.config.pooling
             first_needed = 0 if pooling == "mean" else prompt_len - 1
             if computed > first_needed or computed + (end - start) < prompt_len:
                 raise RuntimeError(
@@ -83,7 +84,7 @@ class PARARuntime:
                     f"step (computed={computed}, scheduled={end - start}, pooling={pooling}). PARA needs "
                     "chunked prefill off and prefix-cache keys that include the adapter and prompt."
                 )
-            todo[name].append((page, start - computed, start - computed + prompt_len))
+            todo[(name, entry.version)].append((page, start - computed, start - computed + prompt_len))
             self.pages.filled.add(rid)
 
         device = self.pages.token_pages.device
@@ -93,11 +94,11 @@ class PARARuntime:
             return StepPlan()
         weights = self.slots.acquire(set(todo))
         groups = []
-        for name, rows in todo.items():
+        for key, rows in todo.items():
             pages, starts, ends = (list(col) for col in zip(*rows))
             groups.append(
                 VGGroup(
-                    weights=weights[name],
+                    weights=weights[key],
                     pages=torch.tensor(pages, dtype=torch.long).to(device, non_blocking=True),
                     starts=starts,
                     ends=ends,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ADDITIONAL_CONFIG_KEY = "para"
 REQUEST_ADAPTER_KEY = "para_adapter"  # SamplingParams.extra_args key selecting the adapter
 REQUEST_POOL_LEN_KEY = "para_prompt_len"  # internal: pool over the first N tokens (beam search)
+REQUEST_VERSION_KEY = "para_version"  # internal: which load of the adapter admitted the request
 
 
 class PARASettingsError(ValueError):

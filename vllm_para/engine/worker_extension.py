@@ -15,10 +15,9 @@ class PARAWorkerExtension:
         runtime = get_runtime()
         return runtime.stats() if runtime is not None else {}
 
-    def para_add_adapter(self, name: str, path: str) -> int:
-        return get_runtime().registry.add(name, path).version
+    def para_add_adapter(self, name: str, path: str, version: int) -> int:
+        return get_runtime().registry.add(name, path, version).version
 
     def para_remove_adapter(self, name: str) -> None:
-        runtime = get_runtime()
-        runtime.registry.remove(name)
-        runtime.slots.evict(name)
+        # In-flight requests keep using (name, version); its slot is reclaimed by LRU.
+        get_runtime().registry.remove(name)

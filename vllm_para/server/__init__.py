@@ -1,0 +1,2 @@
+"""`vllm serve --enable-para`: CLI flags, OpenAI model resolution, runtime
+adapter management routes and Prometheus metrics."""

@@ -1,0 +1,76 @@
+"""PARA flags on vLLM's own command line (`vllm serve --help` lists them)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+from ..engine.settings import ADDITIONAL_CONFIG_KEY, PARASettingsError, parse_module_specs
+
+HELP = {
+    "enable_para": "Serve PARA adapters (arXiv 2502.01033) on this base model. Requests select one by "
+    "`model` name or `vllm_xargs: {\"para_adapter\": NAME}`.",
+    "para_modules": "PARA adapters to load at start-up, as NAME=PATH pairs (PATH holds para_config.json and "
+    "adapter_model.safetensors).",
+    "max_para_adapters": "Device slots for adapters' vector-generator weights (LRU-swapped; more adapters "
+    "than slots still works). Default 8.",
+    "max_para_rank": "Largest VG rank r an adapter may have. Default 64.",
+}
+
+
+def add_para_args(parser):
+    group = parser.add_argument_group("PARA", "PARA adapter serving (vllm-para plugin)")
+    group.add_argument("--enable-para", action="store_true", default=False, help=HELP["enable_para"])
+    group.add_argument("--para-modules", nargs="+", metavar="NAME=PATH", default=None, help=HELP["para_modules"])
+    group.add_argument("--max-para-adapters", type=int, default=None, help=HELP["max_para_adapters"])
+    group.add_argument("--max-para-rank", type=int, default=None, help=HELP["max_para_rank"])
+    return parser
+
+
+def fold_para_args(args: argparse.Namespace, engine_args) -> None:
+    """Move the PARA flags into `engine_args.additional_config["para"]`."""
+    enabled = getattr(args, "enable_para", False)
+    given = {
+        "--para-modules": getattr(args, "para_modules", None),
+        "--max-para-adapters": getattr(args, "max_para_adapters", None),
+        "--max-para-rank": getattr(args, "max_para_rank", None),
+    }
+    if not enabled:
+        used = [flag for flag, value in given.items() if value is not None]
+        if used:
+            raise PARASettingsError(f"{', '.join(used)} given without --enable-para; add --enable-para.")
+        return
+    additional = dict(engine_args.additional_config or {})
+    para = dict(additional.get(ADDITIONAL_CONFIG_KEY) or {})
+    if args.para_modules:
+        para["modules"] = {**para.get("modules", {}), **parse_module_specs(args.para_modules)}
+    if args.max_para_adapters is not None:
+        para["max_adapters"] = args.max_para_adapters
+    if args.max_para_rank is not None:
+        para["max_rank"] = args.max_para_rank
+    additional[ADDITIONAL_CONFIG_KEY] = para
+    engine_args.additional_config = additional
+
+
+def install_cli_hooks() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    if getattr(EngineArgs.add_cli_args, "__para_wrapped__", False):
+        return
+    original_add = EngineArgs.add_cli_args
+    original_from = EngineArgs.from_cli_args.__func__
+
+    @functools.wraps(original_add)
+    def add_cli_args(parser):
+        return add_para_args(original_add(parser))
+
+    @functools.wraps(original_from)
+    def from_cli_args(cls, args):
+        engine_args = original_from(cls, args)
+        fold_para_args(args, engine_args)
+        return engine_args
+
+    add_cli_args.__para_wrapped__ = True
+    from_cli_args.__para_wrapped__ = True
+    EngineArgs.add_cli_args = staticmethod(add_cli_args)
+    EngineArgs.from_cli_args = classmethod(from_cli_args)

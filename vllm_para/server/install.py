@@ -1,0 +1,77 @@
+"""Install the server-side hooks (called from the plugin's `register()`)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from ..engine.frontend import settings_of
+from .cli_args import install_cli_hooks
+from .metrics import poll_worker_stats, wrap_generate
+from .openai_models import wrap_check_model, wrap_maybe_get_adapters, wrap_model_name, wrap_show_available_models
+from .routes import router, runtime_updating_enabled
+
+PATCHES = (
+    "vllm.engine.arg_utils.EngineArgs.add_cli_args",
+    "vllm.engine.arg_utils.EngineArgs.from_cli_args",
+    "vllm.entrypoints.serve.engine.serving.BaseServing._check_model",
+    "vllm.entrypoints.serve.engine.serving.BaseServing._maybe_get_adapters",
+    "vllm.entrypoints.openai.models.serving.OpenAIServingModels.model_name",
+    "vllm.entrypoints.openai.models.serving.OpenAIServingModels.show_available_models",
+    "vllm.entrypoints.launchers.app.attach_endpoint_plugins",
+    "vllm.entrypoints.launchers.api_server.app_state.init_endpoint_plugins_state",
+    "vllm.v1.engine.async_llm.AsyncLLM.generate",
+)
+
+
+def _para_enabled(args) -> bool:
+    return getattr(args, "enable_para", False) or settings_of(args) is not None
+
+
+def _wrap_attach(original):
+    @functools.wraps(original)
+    def attach_endpoint_plugins(app, *args, **kwargs):
+        result = original(app, *args, **kwargs)
+        if _para_enabled(app.state.args) and runtime_updating_enabled():
+            app.include_router(router)
+        return result
+
+    attach_endpoint_plugins.__para_wrapped__ = True
+    return attach_endpoint_plugins
+
+
+def _wrap_init_state(original):
+    @functools.wraps(original)
+    async def init_endpoint_plugins_state(engine_client, state, args, *rest, **kwargs):
+        result = await original(engine_client, state, args, *rest, **kwargs)
+        if _para_enabled(args) and engine_client is not None:
+            state.para_stats_task = asyncio.get_running_loop().create_task(poll_worker_stats(engine_client))
+        return result
+
+    init_endpoint_plugins_state.__para_wrapped__ = True
+    return init_endpoint_plugins_state
+
+
+def _patch(owner, name: str, wrapper) -> None:
+    original = getattr(owner, name, None)
+    if original is None:
+        raise RuntimeError(f"vllm-para: {owner}.{name} not found; vLLM layout changed (need 0.32.x).")
+    if not getattr(original, "__para_wrapped__", False):
+        setattr(owner, name, wrapper(original))
+
+
+def install_server_hooks() -> None:
+    from vllm.entrypoints.launchers import app as app_module
+    from vllm.entrypoints.launchers.api_server import app_state
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve.engine.serving import BaseServing
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    install_cli_hooks()
+    _patch(BaseServing, "_check_model", wrap_check_model)
+    _patch(BaseServing, "_maybe_get_adapters", wrap_maybe_get_adapters)
+    _patch(OpenAIServingModels, "model_name", wrap_model_name)
+    _patch(OpenAIServingModels, "show_available_models", wrap_show_available_models)
+    _patch(app_module, "attach_endpoint_plugins", _wrap_attach)
+    _patch(app_state, "init_endpoint_plugins_state", _wrap_init_state)
+    _patch(AsyncLLM, "generate", wrap_generate)

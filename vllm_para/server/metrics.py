@@ -1,0 +1,77 @@
+"""PARA metrics on the API server's /metrics, beside vLLM's own.
+
+Requests and generated tokens are counted per adapter where requests enter
+the engine client; side-buffer occupancy lives in the workers and is polled
+once a second over `collective_rpc("para_stats")`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from prometheus_client import Counter, Gauge
+
+from ..engine.settings import REQUEST_ADAPTER_KEY
+
+logger = logging.getLogger("vllm_para")
+
+BASE_LABEL = "__base__"
+
+REQUESTS = Counter("vllm_para:requests", "Requests received, per PARA adapter (__base__: none).", ["adapter"])
+GENERATION_TOKENS = Counter(
+    "vllm_para:generation_tokens", "Generated tokens, per PARA adapter (__base__: none).", ["adapter"]
+)
+ADAPTERS_LOADED = Gauge("vllm_para:adapters_loaded", "PARA adapters currently loaded.")
+PAGES_IN_USE = Gauge("vllm_para:side_buffer_pages_in_use", "Side-buffer pages held by running sequences.")
+PAGES_CAPACITY = Gauge("vllm_para:side_buffer_pages_capacity", "Side-buffer pages in total.")
+BUFFER_BYTES = Gauge("vllm_para:side_buffer_bytes", "Side-buffer size in bytes (per worker).")
+
+POLL_SECONDS = 1.0
+
+
+def _adapter_of(sampling_params) -> str:
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    return str(extra.get(REQUEST_ADAPTER_KEY) or BASE_LABEL)
+
+
+def wrap_generate(original):
+    """AsyncLLM.generate, counting requests and generated tokens per adapter."""
+    from vllm.sampling_params import RequestOutputKind
+
+    @functools.wraps(original)
+    async def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        adapter = _adapter_of(sampling_params)
+        REQUESTS.labels(adapter).inc()
+        cumulative = getattr(sampling_params, "output_kind", None) == RequestOutputKind.CUMULATIVE
+        last = None
+        async for output in original(self, prompt, sampling_params, request_id, *args, **kwargs):
+            if not cumulative:
+                GENERATION_TOKENS.labels(adapter).inc(sum(len(c.token_ids) for c in output.outputs))
+            last = output
+            yield output
+        if cumulative and last is not None:
+            GENERATION_TOKENS.labels(adapter).inc(sum(len(c.token_ids) for c in last.outputs))
+
+    generate.__para_wrapped__ = True
+    return generate
+
+
+async def poll_worker_stats(engine_client) -> None:
+    from ..engine.frontend import frontend_registry
+
+    while True:
+        try:
+            registry = frontend_registry()
+            ADAPTERS_LOADED.set(len(registry.names()) if registry is not None else 0)
+            stats = (await engine_client.collective_rpc("para_stats"))[0]
+            if stats:
+                PAGES_IN_USE.set(stats["pages_in_use"])
+                PAGES_CAPACITY.set(stats["pages_capacity"])
+                BUFFER_BYTES.set(stats["buffer_bytes"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the engine may be shutting down
+            logger.debug("PARA stats poll failed: %s", exc)
+        await asyncio.sleep(POLL_SECONDS)

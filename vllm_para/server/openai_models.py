@@ -1,0 +1,90 @@
+"""PARA adapters as OpenAI "models": selected by the `model` field, listed by
+`/v1/models` with `parent` = the base model, named in responses, and unknown
+names answered 404 with the list of available ones."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from http import HTTPStatus
+
+from ..engine.frontend import frontend_registry
+from ..engine.settings import REQUEST_ADAPTER_KEY
+
+# The PARA adapter the current HTTP request selected (each request runs in its own task).
+_selected_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_adapter", default=None)
+
+
+def _para_name(serving, model_name: str | None) -> str | None:
+    registry = frontend_registry()
+    if registry is None or not model_name or serving.models.is_base_model(model_name):
+        return None
+    return model_name if model_name in registry else None
+
+
+def wrap_check_model(original):
+    @functools.wraps(original)
+    async def _check_model(self, request):
+        if _para_name(self, request.model) is not None:
+            if self.request_logger is not None:
+                self.request_logger.log_request_body(request)
+            return None
+        error = await original(self, request)
+        registry = frontend_registry()
+        if error is not None and registry is not None and error.error.code == HTTPStatus.NOT_FOUND.value:
+            available = [m.name for m in self.models.base_model_paths] + registry.names()
+            available += list(self.models.lora_requests)
+            error.error.message = f"The model `{request.model}` does not exist. Available models: {available}."
+        return error
+
+    _check_model.__para_wrapped__ = True
+    return _check_model
+
+
+def wrap_maybe_get_adapters(original):
+    @functools.wraps(original)
+    def _maybe_get_adapters(self, request, *args, **kwargs):
+        name = _para_name(self, request.model)
+        _selected_adapter.set(name)
+        if name is None:
+            return original(self, request, *args, **kwargs)
+        if not hasattr(request, "vllm_xargs"):
+            from vllm.exceptions import VLLMValidationError
+
+            raise VLLMValidationError(f"PARA adapter {name!r} serves text generation only.", parameter="model")
+        request.vllm_xargs = {**(request.vllm_xargs or {}), REQUEST_ADAPTER_KEY: name}
+        return None
+
+    _maybe_get_adapters.__para_wrapped__ = True
+    return _maybe_get_adapters
+
+
+def wrap_model_name(original):
+    @functools.wraps(original)
+    def model_name(self, lora_request=None):
+        if lora_request is None and (name := _selected_adapter.get()) is not None:
+            return name
+        return original(self, lora_request)
+
+    model_name.__para_wrapped__ = True
+    return model_name
+
+
+def wrap_show_available_models(original):
+    @functools.wraps(original)
+    async def show_available_models(self):
+        from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelPermission
+
+        model_list = await original(self)
+        registry = frontend_registry()
+        if registry is not None:
+            base = self.base_model_paths[0].name
+            for name in registry.names():
+                entry = registry.get(name)
+                model_list.data.append(
+                    ModelCard(id=name, root=entry.path, parent=base, permission=[ModelPermission()])
+                )
+        return model_list
+
+    show_available_models.__para_wrapped__ = True
+    return show_available_models
