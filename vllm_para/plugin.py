@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 SUPPORTED_VLLM = "0.32."
 

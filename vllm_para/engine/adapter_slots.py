@@ -19,7 +19,7 @@ from ..adapter import load_adapter
 from ..config import ModelShape, PARAConfig
 from ..core import VGWeights, expand_to_all_targets
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 
 class UnknownAdapterError(KeyError):

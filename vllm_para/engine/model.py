@@ -21,7 +21,7 @@ from . import ops  # noqa: F401  (registers torch.ops.vllm_para.compute_vectors)
 from .settings import PARASettings
 from .tp_layout import RankLayout
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 
 class PARADecoderLayerMixin:

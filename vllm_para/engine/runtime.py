@@ -21,7 +21,7 @@ from .step_plan import StepPlan, VGGroup
 from .tp_layout import RankLayout
 from .vector_pages import UNIT_PAGE, VectorPages
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 _runtime: "PARARuntime | None" = None
 

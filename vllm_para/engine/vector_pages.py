@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 UNIT_PAGE = 0
 

@@ -13,8 +13,8 @@ HELP = {
     "para_modules": "PARA adapters to load at start-up, as NAME=PATH pairs (PATH holds para_config.json and "
     "adapter_model.safetensors).",
     "max_para_adapters": "Device slots for adapters' vector-generator weights (LRU-swapped; more adapters "
-    "than slots still works). Default 8.",
-    "max_para_rank": "Largest VG rank r an adapter may have. Default 64.",
+    "than slots still works); 8 when unset.",
+    "max_para_rank": "Largest VG rank r an adapter may have; 64 when unset.",
 }
 
 

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge
 
 from ..engine.settings import REQUEST_ADAPTER_KEY
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 BASE_LABEL = "__base__"
 

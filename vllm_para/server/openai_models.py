@@ -48,10 +48,16 @@ def wrap_maybe_get_adapters(original):
         _selected_adapter.set(name)
         if name is None:
             return original(self, request, *args, **kwargs)
-        if not hasattr(request, "vllm_xargs"):
-            from vllm.exceptions import VLLMValidationError
+        from vllm.exceptions import VLLMValidationError
 
+        if not hasattr(request, "vllm_xargs"):
             raise VLLMValidationError(f"PARA adapter {name!r} serves text generation only.", parameter="model")
+        chosen = (request.vllm_xargs or {}).get(REQUEST_ADAPTER_KEY)
+        if chosen not in (None, name):
+            raise VLLMValidationError(
+                f"model {name!r} and vllm_xargs.para_adapter {chosen!r} name different PARA adapters; give one.",
+                parameter="vllm_xargs",
+            )
         request.vllm_xargs = {**(request.vllm_xargs or {}), REQUEST_ADAPTER_KEY: name}
         return None
 

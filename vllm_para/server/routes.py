@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from ..engine.adapter_slots import UnknownAdapterError
 from ..engine.frontend import frontend_registry
 
-logger = logging.getLogger("vllm_para")
+logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 RUNTIME_UPDATING_ENV = "VLLM_ALLOW_RUNTIME_PARA_UPDATING"
 

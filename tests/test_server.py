@@ -1,0 +1,220 @@
+"""`vllm serve --enable-para` end to end: a real server subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, token_prompts
+from server_support import Server, vllm_command
+
+pytestmark = pytest.mark.server
+
+MAX_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama, tmp_path_factory):
+    return build_adapters(tiny_llama, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, adapters, tmp_path_factory):
+    modules = [f"{name}={path}" for name, path in adapters.items() if name != "tone"]
+    srv = Server(
+        tiny_llama,
+        ["--enable-para", "--para-modules", *modules, "--max-para-adapters", "2"],
+        tmp_path_factory.mktemp("logs") / "server.log",
+        env={"VLLM_ALLOW_RUNTIME_PARA_UPDATING": "1"},
+    ).wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama, adapters):
+    from vllm_para.reference import PARAReferenceModel
+
+    return PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)
+
+
+def _complete(server, model, prompt, **extra):
+    body = {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, **extra}
+    r = server.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _stream_text(server, path, body):
+    text = []
+    with requests.post(server.url + path, json={**body, "stream": True}, stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            choice = json.loads(line[6:])["choices"]
+            if choice:
+                text.append(choice[0].get("text") or (choice[0].get("delta") or {}).get("content") or "")
+    return "".join(text)
+
+
+def test_models_lists_adapters_with_parent(server, tiny_llama):
+    data = server.get("/v1/models").json()["data"]
+    cards = {m["id"]: m for m in data}
+    assert cards["sql"]["parent"] == cards["qa"]["parent"] == str(tiny_llama)
+    assert str(tiny_llama) in cards
+
+
+def test_completions_equal_reference(server, reference, tiny_llama):
+    ids = token_prompts(tiny_llama, PROMPTS[:3])
+    for model in ["sql", "qa", None]:
+        want = reference.greedy(ids, [model] * 3, MAX_TOKENS, stop_at_eos=False)
+        for prompt, w in zip(PROMPTS[:3], want):
+            out = _complete(server, model or str(tiny_llama), prompt)
+            assert out["model"] == (model or str(tiny_llama))
+            assert out["choices"][0]["token_ids"] == w.token_ids
+            streamed = _stream_text(server, "/v1/completions",
+                                    {"model": model or str(tiny_llama), "prompt": prompt, "max_tokens": MAX_TOKENS,
+                                     "temperature": 0, "ignore_eos": True})
+            assert streamed == out["choices"][0]["text"]
+
+
+def test_vllm_xargs_selects_adapter(server, tiny_llama):
+    by_name = _complete(server, "sql", PROMPTS[0])
+    by_xargs = _complete(server, str(tiny_llama), PROMPTS[0], vllm_xargs={"para_adapter": "sql"})
+    assert by_xargs["choices"][0]["token_ids"] == by_name["choices"][0]["token_ids"]
+
+
+def test_chat_equals_reference(server, reference, tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    want = reference.greedy([ids], ["qa"], MAX_TOKENS, stop_at_eos=False)[0]
+    body = {"model": "qa", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert r.json()["model"] == "qa"
+    assert choice["token_ids"] == want.token_ids
+    assert _stream_text(server, "/v1/chat/completions", body) == choice["message"]["content"]
+
+
+def test_concurrent_mixed_tenants_then_no_pages(server, tiny_llama):
+    models = ["sql", "qa", str(tiny_llama)]
+    singles = {(m, p): _complete(server, m, p)["choices"][0]["token_ids"] for m in models for p in PROMPTS}
+    jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(200)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda job: _complete(server, *job)["choices"][0]["token_ids"], jobs))
+    assert all(r == singles[job] for r, job in zip(results, jobs))
+    assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 0.0)
+
+
+def _wait_metric(server, name, value, labels="", timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.metric(name, labels) == value:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_unknown_model_404_names_available(server):
+    r = server.post("/v1/completions", {"model": "nope", "prompt": "hi", "max_tokens": 2})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["type"] == "NotFoundError" and "nope" in err["message"] and "'qa'" in err["message"] and "'sql'" in err["message"]
+    base = server.get("/v1/models").json()["data"][0]["id"]
+    r = server.post("/v1/completions", {"model": base, "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "zzz"}})
+    assert r.status_code == 404 and "Available adapters: ['qa', 'sql']" in r.json()["error"]["message"]
+    r = server.post("/v1/completions", {"model": "sql", "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "qa"}})
+    assert r.status_code == 400 and "name different PARA adapters" in r.json()["error"]["message"]
+
+
+def test_prompt_too_long_400(server):
+    r = server.post("/v1/completions", {"model": "sql", "prompt": "the " * 600, "max_tokens": 2})
+    assert r.status_code == 400 and "512" in r.json()["error"]["message"]
+    assert _complete(server, "sql", PROMPTS[0])["choices"][0]["token_ids"]
+
+
+def test_runtime_load_serve_unload_cycle(server, adapters, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "para_config.json").write_text("{}")
+    r = server.post("/v1/load_para_adapter", {"para_name": "bad", "para_path": str(bad)})
+    assert r.status_code == 400 and "bad" in r.json()["error"]["message"]
+    r = server.post("/v1/load_para_adapter", {"para_name": "tone", "para_path": adapters["tone"]})
+    assert r.status_code == 200, r.text
+    assert server.post("/v1/load_para_adapter", {"para_name": "tone", "para_path": adapters["tone"]}).status_code == 400
+    assert "tone" in {m["id"] for m in server.get("/v1/models").json()["data"]}
+    out = _complete(server, "tone", PROMPTS[2])
+    assert out["model"] == "tone" and len(out["choices"][0]["token_ids"]) == MAX_TOKENS
+    assert _wait_metric(server, "vllm_para:adapters_loaded", 3.0)
+    assert server.metric("vllm_para:requests_total", '{adapter="tone"}') >= 1
+    assert server.metric("vllm_para:generation_tokens_total", '{adapter="tone"}') >= MAX_TOKENS
+    assert server.post("/v1/unload_para_adapter", {"para_name": "tone"}).status_code == 200
+    assert server.post("/v1/completions", {"model": "tone", "prompt": "hi", "max_tokens": 2}).status_code == 404
+    assert server.post("/v1/unload_para_adapter", {"para_name": "tone"}).status_code == 404
+    assert _wait_metric(server, "vllm_para:adapters_loaded", 2.0)
+    assert _complete(server, "sql", PROMPTS[0])["choices"][0]["token_ids"]  # others untouched
+
+
+def test_client_disconnect_frees_page(server):
+    body = {"model": "sql", "prompt": PROMPTS[0], "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+        assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 1.0)
+    # connection closed mid-stream: vLLM aborts the request, the page returns
+    assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 0.0, timeout=30)
+    assert _complete(server, "qa", PROMPTS[1])["choices"][0]["token_ids"]
+
+
+def test_invalid_adapter_at_startup_refused(tiny_llama, tmp_path):
+    import subprocess
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    cmd = vllm_command() + ["serve", str(tiny_llama), "--enable-para", "--para-modules", f"broken={broken}",
+                            "--port", "0", "--max-model-len", "512"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "PARA adapter 'broken'" in proc.stderr + proc.stdout and "para_config.json" in proc.stderr + proc.stdout
+
+
+def test_para_flags_need_enable_para(tiny_llama):
+    import subprocess
+
+    cmd = vllm_command() + ["serve", str(tiny_llama), "--para-modules", "a=/x", "--port", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--para-modules given without --enable-para" in proc.stderr + proc.stdout
+
+
+def test_sigterm_clean_shutdown(server):
+    """Runs last against the shared server (one server at a time on 2 cores)."""
+    start = time.monotonic()
+    code = server.stop(timeout=60)
+    assert code == 0, server.log_tail()
+    assert time.monotonic() - start < 60
+    assert "PARA enabled: 2 adapters registered ['qa', 'sql']; side buffer" in server.log.read_text()
+
+
+def test_runtime_endpoints_off_by_default(tiny_llama, adapters, tmp_path):
+    srv = Server(tiny_llama, ["--enable-para", "--para-modules", f"sql={adapters['sql']}"], tmp_path / "s.log")
+    try:
+        srv.wait_ready()
+        assert "sql" in {m["id"] for m in srv.get("/v1/models").json()["data"]}
+        # without VLLM_ALLOW_RUNTIME_PARA_UPDATING the routes do not exist, like vLLM's LoRA ones
+        r = srv.post("/v1/load_para_adapter", {"para_name": "x", "para_path": adapters["qa"]})
+        assert r.status_code == 404
+        assert _complete(srv, "sql", PROMPTS[0])["choices"][0]["token_ids"]
+    finally:
+        assert srv.stop() == 0
