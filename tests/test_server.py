@@ -107,6 +107,25 @@ def test_chat_equals_reference(server, reference, tiny_llama):
     assert _stream_text(server, "/v1/chat/completions", body) == choice["message"]["content"]
 
 
+def test_beam_search_over_http_uses_adapter(server, reference, tiny_llama):
+    import torch
+
+    ids = token_prompts(tiny_llama, [PROMPTS[3]])[0]
+    body = {"model": "sql", "prompt": PROMPTS[3], "use_beam_search": True, "n": 3, "max_tokens": 6,
+            "ignore_eos": True, "temperature": 0, "length_penalty": 0.0, "return_token_ids": True}
+    r = server.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert len(choices) == 3
+    hf = reference.generate(
+        torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), adapter_names=["sql"],
+        num_beams=3, max_new_tokens=6, min_new_tokens=6, do_sample=False, length_penalty=0.0,
+    )
+    assert choices[0]["token_ids"] == hf[0].tolist()[len(ids):]
+    base = server.post("/v1/completions", {**body, "model": str(tiny_llama)}).json()["choices"]
+    assert [c["token_ids"] for c in base] != [c["token_ids"] for c in choices]
+
+
 def test_concurrent_mixed_tenants_then_no_pages(server, tiny_llama):
     models = ["sql", "qa", str(tiny_llama)]
     singles = {(m, p): _complete(server, m, p)["choices"][0]["token_ids"] for m in models for p in PROMPTS}

@@ -6,6 +6,7 @@ import asyncio
 import functools
 
 from ..engine.frontend import settings_of
+from .beam_search import wrap_beam_search
 from .cli_args import install_cli_hooks
 from .metrics import poll_worker_stats, wrap_generate
 from .openai_models import wrap_check_model, wrap_maybe_get_adapters, wrap_model_name, wrap_show_available_models
@@ -21,6 +22,7 @@ PATCHES = (
     "vllm.entrypoints.launchers.app.attach_endpoint_plugins",
     "vllm.entrypoints.launchers.api_server.app_state.init_endpoint_plugins_state",
     "vllm.v1.engine.async_llm.AsyncLLM.generate",
+    "vllm.entrypoints.generate.beam_search.online.BeamSearchOnlineMixin.beam_search",
 )
 
 
@@ -61,6 +63,7 @@ def _patch(owner, name: str, wrapper) -> None:
 
 
 def install_server_hooks() -> None:
+    from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
     from vllm.entrypoints.launchers import app as app_module
     from vllm.entrypoints.launchers.api_server import app_state
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
@@ -75,3 +78,4 @@ def install_server_hooks() -> None:
     _patch(app_module, "attach_endpoint_plugins", _wrap_attach)
     _patch(app_state, "init_endpoint_plugins_state", _wrap_init_state)
     _patch(AsyncLLM, "generate", wrap_generate)
+    _patch(BeamSearchOnlineMixin, "beam_search", wrap_beam_search)

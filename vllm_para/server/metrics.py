@@ -36,23 +36,36 @@ def _adapter_of(sampling_params) -> str:
     return str(extra.get(REQUEST_ADAPTER_KEY) or BASE_LABEL)
 
 
+def count_request(adapter: str) -> None:
+    REQUESTS.labels(adapter).inc()
+
+
+def count_tokens(adapter: str, output, cumulative: bool) -> None:
+    """Count an output's new tokens (all of them if `cumulative` and it is the last)."""
+    if cumulative and not output.finished:
+        return
+    GENERATION_TOKENS.labels(adapter).inc(sum(len(c.token_ids) for c in output.outputs))
+
+
 def wrap_generate(original):
-    """AsyncLLM.generate, counting requests and generated tokens per adapter."""
+    """AsyncLLM.generate: gives beam-search requests their PARA adapter and
+    counts requests and generated tokens per adapter."""
     from vllm.sampling_params import RequestOutputKind
+
+    from .beam_search import in_beam_search, with_beam_adapter
 
     @functools.wraps(original)
     async def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        if in_beam_search():  # one step of one beam: counted once per request by the beam wrapper
+            async for output in original(self, prompt, with_beam_adapter(sampling_params), request_id, *args, **kwargs):
+                yield output
+            return
         adapter = _adapter_of(sampling_params)
-        REQUESTS.labels(adapter).inc()
+        count_request(adapter)
         cumulative = getattr(sampling_params, "output_kind", None) == RequestOutputKind.CUMULATIVE
-        last = None
         async for output in original(self, prompt, sampling_params, request_id, *args, **kwargs):
-            if not cumulative:
-                GENERATION_TOKENS.labels(adapter).inc(sum(len(c.token_ids) for c in output.outputs))
-            last = output
+            count_tokens(adapter, output, cumulative)
             yield output
-        if cumulative and last is not None:
-            GENERATION_TOKENS.labels(adapter).inc(sum(len(c.token_ids) for c in last.outputs))
 
     generate.__para_wrapped__ = True
     return generate

@@ -15,6 +15,11 @@ from ..engine.settings import REQUEST_ADAPTER_KEY
 _selected_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_adapter", default=None)
 
 
+def selected_adapter() -> str | None:
+    """The PARA adapter the current HTTP request selected by `model` name."""
+    return _selected_adapter.get()
+
+
 def _para_name(serving, model_name: str | None) -> str | None:
     registry = frontend_registry()
     if registry is None or not model_name or serving.models.is_base_model(model_name):

@@ -1,0 +1,105 @@
+"""Build the base model and the adapters the load test serves (all local, seeded).
+
+* the base: a random-weight Llama-shaped checkpoint (vllm_para.tiny_models);
+* PARA adapters: the trainer's init plus a random perturbation;
+* LoRA adapters (peft format) with seeded random non-zero A and B, at the rank whose
+  trainable parameter count is closest to PARA's ("matched") or at rank 16 on
+  every linear layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PARA_R = 12
+PARA_TARGETS = ("q", "v", "u")
+# LoRA at matched size adapts the same projections PARA scales.
+MATCHED_LORA_TARGETS = ("q_proj", "v_proj", "up_proj")
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # values --max-lora-rank accepts
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int = 64
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each Llama linear layer."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def lora_param_count(spec: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
+    """Trainable parameters of a LoRA adapter: r * (in + out) per adapted layer."""
+    shapes = spec.linear_shapes()
+    return spec.num_hidden_layers * r * sum(sum(shapes[t]) for t in targets)
+
+
+def matched_lora_rank(spec: ModelSpec, para_params: int, targets: tuple[str, ...] = MATCHED_LORA_TARGETS) -> int:
+    """The rank r >= 1 whose LoRA parameter count is closest to `para_params`."""
+    per_rank = lora_param_count(spec, 1, targets)
+    low = max(1, para_params // per_rank)
+    return min((low, low + 1), key=lambda r: (abs(lora_param_count(spec, r, targets) - para_params), r))
+
+
+def max_lora_rank_flag(r: int) -> int:
+    """Smallest `--max-lora-rank` value vLLM accepts that holds rank r."""
+    return next(v for v in VLLM_LORA_RANKS if v >= r)
+
+
+def build_base(spec: ModelSpec, directory: Path) -> Path:
+    from vllm_para.tiny_models import build_tiny_model
+
+    return build_tiny_model(directory, arch="llama", hidden_size=spec.hidden_size,
+                            intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+                            num_attention_heads=spec.num_attention_heads,
+                            num_key_value_heads=spec.num_key_value_heads, head_dim=spec.head_dim)
+
+
+def para_param_count(base: Path, r: int = PARA_R, targets: tuple[str, ...] = PARA_TARGETS) -> int:
+    from transformers import AutoConfig
+
+    from vllm_para.config import ModelShape, PARAConfig
+    from vllm_para.core import param_count
+
+    shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(base)))
+    return param_count(PARAConfig(base_model_name_or_path=str(base), r=r, targets=targets, **shape.model_dump()))
+
+
+def build_para_adapters(base: Path, directory: Path, n: int, seed: int = 0) -> dict[str, str]:
+    from vllm_para.tiny_models import build_random_adapter
+
+    return {f"para{i}": str(build_random_adapter(base, directory / f"para{i}", r=PARA_R, targets=PARA_TARGETS,
+                                                 pooling="last", seed=seed * 1000 + i))
+            for i in range(n)}
+
+
+def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int, targets: tuple[str, ...],
+                        seed: int = 0, std: float = 0.02) -> dict[str, str]:
+    """`n` peft LoRA adapters of rank r on `targets`, each with its own seeded random A and B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), torch_dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                                             target_modules=list(targets), task_type="CAUSAL_LM"))
+    paths = {}
+    for i in range(n):
+        gen = torch.Generator().manual_seed(seed * 1000 + 500 + i)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * std)
+        out = directory / f"{prefix}{i}"
+        model.save_pretrained(str(out))
+        paths[f"{prefix}{i}"] = str(out)
+    return paths
