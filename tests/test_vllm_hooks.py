@@ -11,6 +11,8 @@ import shutil
 import pytest
 
 import vllm_para.plugin as plugin
+from vllm_para.patching import is_wrapped
+from vllm_para.server.install import PATCHES as SERVER_PATCHES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,19 +35,29 @@ def _resolve(dotted: str):
     raise ImportError(dotted)
 
 
-@pytest.mark.parametrize("target", plugin.PATCHES)
+ENGINE_SIGNATURES = {
+    "create_engine_config": ["self", "usage_context", "headless"],
+    "process_inputs": ["self", "request_id", "prompt", "params"],
+    "generate_block_hash_extra_keys": ["request", "start_token_idx", "end_token_idx", "start_mm_idx"],
+    "_model_forward": ["self"],
+    "_on_request_state_removed": ["self", "req_id", "req_state"],
+    "_check_model": ["self", "request"],
+    "_maybe_get_adapters": ["self", "request"],
+    "model_name": ["self", "lora_request"],
+    "attach_endpoint_plugins": ["app"],
+    "init_endpoint_plugins_state": ["engine_client", "state", "args"],
+    "generate": ["self", "prompt", "sampling_params", "request_id"],
+    "beam_search": ["self", "prompt", "request_id", "params"],
+}
+
+
+@pytest.mark.parametrize("target", plugin.PATCHES + SERVER_PATCHES)
 def test_patched_targets_exist_and_are_wrapped(target):
     fn = _resolve(target)
-    assert getattr(fn, "__para_wrapped__", False), f"{target} is not wrapped by vllm-para"
+    assert is_wrapped(fn), f"{target} is not wrapped by vllm-para"
     original = inspect.unwrap(fn)
     params = list(inspect.signature(original).parameters)
-    expected = {
-        "create_engine_config": ["self", "usage_context", "headless"],
-        "process_inputs": ["self", "request_id", "prompt", "params"],
-        "generate_block_hash_extra_keys": ["request", "start_token_idx", "end_token_idx", "start_mm_idx"],
-        "_model_forward": ["self"],
-        "_on_request_state_removed": ["self", "req_id", "req_state"],
-    }[target.rsplit(".", 1)[1]]
+    expected = ENGINE_SIGNATURES.get(target.rsplit(".", 1)[1], [])
     assert params[: len(expected)] == expected, f"{target} signature changed: {params}"
 
 

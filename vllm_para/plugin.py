@@ -54,7 +54,6 @@ def _wrap_create_engine_config(original):
             check_engine_config(config, settings)
         return config
 
-    create_engine_config.__para_wrapped__ = True
     return create_engine_config
 
 
@@ -66,16 +65,7 @@ def _wrap_process_inputs(original):
         params = admit_request(self.vllm_config, request_id, params)
         return original(self, request_id, prompt, params, *args, **kwargs)
 
-    process_inputs.__para_wrapped__ = True
     return process_inputs
-
-
-def _patch(owner, name: str, wrapper) -> None:
-    original = getattr(owner, name, None)
-    if original is None:
-        raise RuntimeError(f"vllm-para: {owner.__qualname__}.{name} not found; vLLM layout changed (need 0.32.x).")
-    if not getattr(original, "__para_wrapped__", False):
-        setattr(owner, name, wrapper(original))
 
 
 def register() -> None:
@@ -89,6 +79,7 @@ def register() -> None:
     from vllm.v1.engine.input_processor import InputProcessor
 
     from .engine.prefix_cache import install_prefix_cache_keys
+    from .patching import wrap_attribute
     from .engine.runner_hooks import install_runner_hooks
     from .server.install import install_server_hooks
 
@@ -98,8 +89,8 @@ def register() -> None:
         ("GemmaForCausalLM", "PARAGemmaForCausalLM"),
     ):
         ModelRegistry.register_model(arch, f"vllm_para.engine.model:{cls}")
-    _patch(EngineArgs, "create_engine_config", _wrap_create_engine_config)
-    _patch(InputProcessor, "process_inputs", _wrap_process_inputs)
+    wrap_attribute(EngineArgs, "create_engine_config", _wrap_create_engine_config)
+    wrap_attribute(InputProcessor, "process_inputs", _wrap_process_inputs)
     install_prefix_cache_keys()
     install_runner_hooks()
     install_server_hooks()

@@ -8,7 +8,6 @@ slots gets temporary overflow copies for that step instead of an error.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from ..adapter import load_adapter
 from ..config import ModelShape, PARAConfig
 from ..core import VGWeights, expand_to_all_targets
 
-logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 
 class UnknownAdapterError(KeyError):

@@ -10,7 +10,6 @@ layer's PARA vectors are (at prefill) computed from the residual stream and
 
 from __future__ import annotations
 
-import logging
 
 import torch
 from torch import nn
@@ -21,7 +20,6 @@ from . import ops  # noqa: F401  (registers torch.ops.vllm_para.compute_vectors)
 from .settings import PARASettings
 from .tp_layout import RankLayout
 
-logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 
 class PARADecoderLayerMixin:

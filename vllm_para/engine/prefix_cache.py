@@ -14,7 +14,6 @@ import hashlib
 from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY
 
 REQUEST_CACHE_KEY = "para_cache_key"  # set by the frontend: adapter name + load version (+ nonce)
-PATCHED_FUNCTION = "vllm.v1.core.kv_cache_utils.generate_block_hash_extra_keys"
 
 
 def para_block_key(request) -> tuple | None:
@@ -43,15 +42,12 @@ def _wrap(original):
                 keys = (keys or ()) + (key,)
         return keys, next_mm_idx
 
-    generate_block_hash_extra_keys.__para_wrapped__ = True
     return generate_block_hash_extra_keys
 
 
 def install_prefix_cache_keys() -> None:
     from vllm.v1.core import kv_cache_utils
 
-    original = getattr(kv_cache_utils, "generate_block_hash_extra_keys", None)
-    if original is None:
-        raise RuntimeError(f"vllm-para: {PATCHED_FUNCTION} not found; this vLLM is not supported (need 0.32.x).")
-    if not getattr(original, "__para_wrapped__", False):
-        kv_cache_utils.generate_block_hash_extra_keys = _wrap(original)
+    from ..patching import wrap_attribute
+
+    wrap_attribute(kv_cache_utils, "generate_block_hash_extra_keys", _wrap)

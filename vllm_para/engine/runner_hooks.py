@@ -17,7 +17,6 @@ import functools
 from .runtime import get_runtime
 from .step_plan import set_plan
 
-PATCHED_METHODS = ("_on_request_state_removed", "_model_forward")
 
 
 def _wrap_request_removed(original):
@@ -28,7 +27,6 @@ def _wrap_request_removed(original):
             runtime.release([req_id])
         return original(self, req_id, req_state, *args, **kwargs)
 
-    _on_request_state_removed.__para_wrapped__ = True
     return _on_request_state_removed
 
 
@@ -44,18 +42,13 @@ def _wrap_model_forward(original):
         finally:
             set_plan(None)
 
-    _model_forward.__para_wrapped__ = True
     return _model_forward
 
 
 def install_runner_hooks() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    for name, wrap in (("_on_request_state_removed", _wrap_request_removed), ("_model_forward", _wrap_model_forward)):
-        original = getattr(GPUModelRunner, name, None)
-        if original is None:
-            raise RuntimeError(
-                f"vllm-para: vLLM's GPUModelRunner has no {name}(); this vLLM is not supported (need 0.32.x)."
-            )
-        if not getattr(original, "__para_wrapped__", False):
-            setattr(GPUModelRunner, name, wrap(original))
+    from ..patching import wrap_attribute
+
+    wrap_attribute(GPUModelRunner, "_on_request_state_removed", _wrap_request_removed)
+    wrap_attribute(GPUModelRunner, "_model_forward", _wrap_model_forward)

@@ -11,11 +11,9 @@ its vectors depend only on its prompt, so recompute reuses them unchanged.
 
 from __future__ import annotations
 
-import logging
 
 import torch
 
-logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 UNIT_PAGE = 0
 

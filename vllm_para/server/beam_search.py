@@ -54,5 +54,4 @@ def wrap_beam_search(original):
         finally:
             _beam_adapter.reset(token)
 
-    beam_search.__para_wrapped__ = True
     return beam_search

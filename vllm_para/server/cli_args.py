@@ -52,25 +52,28 @@ def fold_para_args(args: argparse.Namespace, engine_args) -> None:
     engine_args.additional_config = additional
 
 
-def install_cli_hooks() -> None:
-    from vllm.engine.arg_utils import EngineArgs
-
-    if getattr(EngineArgs.add_cli_args, "__para_wrapped__", False):
-        return
-    original_add = EngineArgs.add_cli_args
-    original_from = EngineArgs.from_cli_args.__func__
-
-    @functools.wraps(original_add)
+def _wrap_add_cli_args(original):
+    @functools.wraps(original)
     def add_cli_args(parser):
-        return add_para_args(original_add(parser))
+        return add_para_args(original(parser))
 
-    @functools.wraps(original_from)
+    return add_cli_args
+
+
+def _wrap_from_cli_args(original):
+    @functools.wraps(original)
     def from_cli_args(cls, args):
-        engine_args = original_from(cls, args)
+        engine_args = original(cls, args)
         fold_para_args(args, engine_args)
         return engine_args
 
-    add_cli_args.__para_wrapped__ = True
-    from_cli_args.__para_wrapped__ = True
-    EngineArgs.add_cli_args = staticmethod(add_cli_args)
-    EngineArgs.from_cli_args = classmethod(from_cli_args)
+    return from_cli_args
+
+
+def install_cli_hooks() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    from ..patching import wrap_attribute
+
+    wrap_attribute(EngineArgs, "add_cli_args", _wrap_add_cli_args, kind=staticmethod)
+    wrap_attribute(EngineArgs, "from_cli_args", _wrap_from_cli_args, kind=classmethod)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 
 from ..engine.frontend import settings_of
+from ..patching import wrap_attribute
 from .beam_search import wrap_beam_search
 from .cli_args import install_cli_hooks
 from .metrics import poll_worker_stats, wrap_generate
@@ -38,7 +39,6 @@ def _wrap_attach(original):
             app.include_router(router)
         return result
 
-    attach_endpoint_plugins.__para_wrapped__ = True
     return attach_endpoint_plugins
 
 
@@ -50,16 +50,7 @@ def _wrap_init_state(original):
             state.para_stats_task = asyncio.get_running_loop().create_task(poll_worker_stats(engine_client))
         return result
 
-    init_endpoint_plugins_state.__para_wrapped__ = True
     return init_endpoint_plugins_state
-
-
-def _patch(owner, name: str, wrapper) -> None:
-    original = getattr(owner, name, None)
-    if original is None:
-        raise RuntimeError(f"vllm-para: {owner}.{name} not found; vLLM layout changed (need 0.32.x).")
-    if not getattr(original, "__para_wrapped__", False):
-        setattr(owner, name, wrapper(original))
 
 
 def install_server_hooks() -> None:
@@ -71,11 +62,11 @@ def install_server_hooks() -> None:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     install_cli_hooks()
-    _patch(BaseServing, "_check_model", wrap_check_model)
-    _patch(BaseServing, "_maybe_get_adapters", wrap_maybe_get_adapters)
-    _patch(OpenAIServingModels, "model_name", wrap_model_name)
-    _patch(OpenAIServingModels, "show_available_models", wrap_show_available_models)
-    _patch(app_module, "attach_endpoint_plugins", _wrap_attach)
-    _patch(app_state, "init_endpoint_plugins_state", _wrap_init_state)
-    _patch(AsyncLLM, "generate", wrap_generate)
-    _patch(BeamSearchOnlineMixin, "beam_search", wrap_beam_search)
+    wrap_attribute(BaseServing, "_check_model", wrap_check_model)
+    wrap_attribute(BaseServing, "_maybe_get_adapters", wrap_maybe_get_adapters)
+    wrap_attribute(OpenAIServingModels, "model_name", wrap_model_name)
+    wrap_attribute(OpenAIServingModels, "show_available_models", wrap_show_available_models)
+    wrap_attribute(app_module, "attach_endpoint_plugins", _wrap_attach)
+    wrap_attribute(app_state, "init_endpoint_plugins_state", _wrap_init_state)
+    wrap_attribute(AsyncLLM, "generate", wrap_generate)
+    wrap_attribute(BeamSearchOnlineMixin, "beam_search", wrap_beam_search)

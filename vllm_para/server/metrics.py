@@ -67,7 +67,6 @@ def wrap_generate(original):
             count_tokens(adapter, output, cumulative)
             yield output
 
-    generate.__para_wrapped__ = True
     return generate
 
 

@@ -42,7 +42,6 @@ def wrap_check_model(original):
             error.error.message = f"The model `{request.model}` does not exist. Available models: {available}."
         return error
 
-    _check_model.__para_wrapped__ = True
     return _check_model
 
 
@@ -66,7 +65,6 @@ def wrap_maybe_get_adapters(original):
         request.vllm_xargs = {**(request.vllm_xargs or {}), REQUEST_ADAPTER_KEY: name}
         return None
 
-    _maybe_get_adapters.__para_wrapped__ = True
     return _maybe_get_adapters
 
 
@@ -77,7 +75,6 @@ def wrap_model_name(original):
             return name
         return original(self, lora_request)
 
-    model_name.__para_wrapped__ = True
     return model_name
 
 
@@ -97,5 +94,4 @@ def wrap_show_available_models(original):
                 )
         return model_list
 
-    show_available_models.__para_wrapped__ = True
     return show_available_models
