@@ -73,6 +73,7 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
     sched = vllm_config.scheduler_config
     if sched.enable_chunked_prefill:
         raise PARASettingsError("PARA requires chunked prefill off (--no-enable-chunked-prefill).")
+    _keep_vg_out_of_cuda_graphs(vllm_config)
     shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config)
     registry = AdapterRegistry(shape)
     for name, path in settings.modules.items():
@@ -87,6 +88,19 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
             )
     _registry = registry
     logger.info("PARA: %d adapters validated: %s", len(registry.names()), registry.names())
+
+
+def _keep_vg_out_of_cuda_graphs(vllm_config) -> None:
+    """On GPU, run the VG op between CUDA-graph pieces (like attention), so its
+    host-side plan is read at every replay. Decode-only batches captured as full
+    graphs contain no prompt step, so the op's no-op path is the right one there."""
+    from vllm.platforms import current_platform
+
+    from .ops import OP_NAME
+
+    splitting_ops = vllm_config.compilation_config.splitting_ops
+    if current_platform.is_cuda_alike() and splitting_ops is not None and OP_NAME not in splitting_ops:
+        splitting_ops.append(OP_NAME)
 
 
 def admit_request(vllm_config, request_id: str, params):
