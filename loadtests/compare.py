@@ -27,6 +27,7 @@ from .server import VLLMServer
 from .traffic import DISTRIBUTIONS
 
 SYSTEMS = ("base", "para", "lora-matched", "lora16")
+BASE_NAME = "base"  # --served-model-name of the base model on every server
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ MODES = {
 
 def engine_flags(seed: int) -> list[str]:
     """Engine settings shared by every system, so only the adapter method differs."""
-    return ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "32", "--seed", str(seed)]
+    return ["--served-model-name", BASE_NAME, "--dtype", "float32", "--max-model-len", "512",
+            "--max-num-seqs", "32", "--seed", str(seed)]
 
 
 @dataclass
@@ -64,7 +66,7 @@ def setup_system(system: str, base: Path, work: Path, n: int, seed: int) -> Syst
     spec = _spec_of(base)
     para_params = ad.para_param_count(base)
     if system == "base":
-        return SystemSetup([], (str(base),), "0")
+        return SystemSetup([], (BASE_NAME,), "0")
     if system == "para":
         paths = ad.build_para_adapters(base, work / "para", n, seed)
         flags = ["--enable-para", "--para-modules", *_modules(paths), "--max-para-adapters", str(n)]

@@ -41,6 +41,7 @@ import json
 import time
 
 import gevent
+import locust.stats
 import requests
 from locust import User, constant, events, task
 from locust.exception import StopUser
@@ -51,6 +52,10 @@ except ImportError:  # locust also puts this file's folder on sys.path
     from traffic import DISTRIBUTIONS, Traffic
 
 BEAM_WIDTH = 3
+# Locust writes its --csv files from a timer, not at exit: write often, and wait one
+# more write after the last request before quitting so the CSVs hold every request.
+locust.stats.CSV_STATS_INTERVAL_SEC = 0.5
+QUIT_DELAY_S = 1.5
 
 
 @events.init_command_line_parser.add_listener
@@ -127,7 +132,7 @@ class CompletionUser(User):
         self._report(record)
         _Run.finished += 1
         if _Run.finished >= self.opts.total_requests:
-            gevent.spawn(self.environment.runner.quit)
+            gevent.spawn_later(QUIT_DELAY_S, self.environment.runner.quit)
             raise StopUser()
 
     def _stream(self, body: dict) -> dict:
@@ -139,7 +144,7 @@ class CompletionUser(User):
                 if r.status_code != 200:
                     error = f"HTTP {r.status_code}: {r.text[:300]}"
                 else:
-                    for line in r.iter_lines():
+                    for line in r.iter_lines(chunk_size=None):  # each chunk as it arrives
                         if not line.startswith(b"data: "):
                             continue
                         if line == b"data: [DONE]":

@@ -176,10 +176,15 @@ def test_no_page_leak_after_1000_requests_and_aborts(llm, prompt_ids):
     assert para_stats(llm)["pages_in_use"] == 0
 
 
-def test_more_adapters_than_slots(llm, prompt_ids):
+def test_more_adapters_than_slots_swap_lru(llm, prompt_ids):
     stats = para_stats(llm)
     assert stats["pages_capacity"] >= 32 and stats["bytes_per_sequence"] > 0
-    assert sorted(stats["adapters"]) == sorted(ADAPTER_SPECS)  # 3 adapters, max_adapters=2: swaps, no error
+    assert sorted(stats["adapters"]) == sorted(ADAPTER_SPECS)  # 3 adapters, max_adapters=2
+    first = {name: _generate(llm, [(prompt_ids[0], name)])[0].token_ids for name in ADAPTER_SPECS}
+    loads = para_stats(llm)["slot_loads"]
+    for name in ["sql", "qa", "tone"] * 2:  # cycling 3 adapters through 2 LRU slots: every one misses
+        assert _generate(llm, [(prompt_ids[0], name)])[0].token_ids == first[name]
+    assert para_stats(llm)["slot_loads"] == loads + 6
 
 
 @pytest.fixture(scope="module")
