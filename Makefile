@@ -13,7 +13,7 @@ test: venv  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q tests
 
 test-fast: venv  ## tests that do not start a vLLM engine
-	$(PY) -m pytest -q tests -m "not engine"
+	$(PY) -m pytest -q tests -m "not engine and not server"
 
 bench: venv
 	$(PY) benchmarks/offline_throughput.py

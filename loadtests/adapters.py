@@ -77,8 +77,8 @@ def para_param_count(base: Path, r: int = PARA_R, targets: tuple[str, ...] = PAR
 def build_para_adapters(base: Path, directory: Path, n: int, seed: int = 0) -> dict[str, str]:
     from vllm_para.tiny_models import build_random_adapter
 
-    return {f"para{i}": str(build_random_adapter(base, directory / f"para{i}", r=PARA_R, targets=PARA_TARGETS,
-                                                 pooling="last", seed=seed * 1000 + i))
+    return {f"para-{i}": str(build_random_adapter(base, directory / f"para-{i}", r=PARA_R, targets=PARA_TARGETS,
+                                                  pooling="last", seed=seed * 1000 + i))
             for i in range(n)}
 
 
@@ -89,7 +89,7 @@ def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(base), torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
                                              target_modules=list(targets), task_type="CAUSAL_LM"))
     paths = {}
@@ -99,7 +99,7 @@ def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int
             for name, param in model.named_parameters():
                 if "lora_A" in name or "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * std)
-        out = directory / f"{prefix}{i}"
+        out = directory / f"{prefix}-{i}"
         model.save_pretrained(str(out))
-        paths[f"{prefix}{i}"] = str(out)
+        paths[f"{prefix}-{i}"] = str(out)
     return paths

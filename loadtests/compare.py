@@ -77,8 +77,7 @@ def setup_system(system: str, base: Path, work: Path, n: int, seed: int) -> Syst
         r, targets = 16, ad.ALL_LINEAR
     else:
         raise ValueError(f"unknown system {system!r}; expected some of {SYSTEMS}")
-    prefix = system.replace("-", "_")
-    paths = ad.build_lora_adapters(base, work / system, prefix, n, r, targets, seed)
+    paths = ad.build_lora_adapters(base, work / system, system, n, r, targets, seed)
     flags = ["--enable-lora", "--lora-modules", *_modules(paths), "--max-loras", str(n),
              "--max-lora-rank", str(ad.max_lora_rank_flag(r))]
     params = f"{ad.lora_param_count(spec, r, targets)} (r={r}, targets {','.join(targets)})"
@@ -125,65 +124,101 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> Path:
-    args = parse_args(argv)
-    mode = MODES[args.mode]
-    levels = [int(c) for c in args.concurrency.split(",")] if args.concurrency else list(mode.concurrency)
-    n_requests = args.requests or mode.requests
-    n_adapters = args.adapters or mode.adapters
-    prompt_words, max_tokens = args.prompt_words or mode.prompt_words, args.max_tokens or mode.max_tokens
-    run_dir = args.out_dir / (args.run_id or f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="vllm_para_loadtest_") as tmp:
-        work = args.work_dir or Path(tmp)
-        _log(f"building the base model in {work}")
-        base = ad.build_base(mode.model, work / "base")
-        meta = {
-            "mode": args.mode, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "base model": f"Llama-shaped, random weights, {mode.model}",
-            "adapters per system": n_adapters,
-            "traffic": f"{args.distribution}" + (f" (s={args.zipf_exponent})" if args.distribution == "zipf" else "")
-                       + f", {prompt_words}-word prompts, {max_tokens} output tokens (ignore_eos)"
-                       + (", beam search width 3" if args.beam_search else ", streamed, greedy"),
-            "requests per concurrency level": n_requests, "concurrency levels": levels, "seed": args.seed,
-            "engine flags (all systems)": f"`{' '.join(engine_flags(args.seed))}`, VLLM_CPU_KVCACHE_SPACE=1",
+@dataclass(frozen=True)
+class Plan:
+    """What one run does, after the mode's defaults and the command-line overrides are merged."""
+
+    mode: str
+    model: ad.ModelSpec
+    systems: tuple[str, ...]
+    levels: tuple[int, ...]
+    requests: int
+    adapters: int
+    prompt_words: int
+    max_tokens: int
+    distribution: str
+    zipf_exponent: float
+    beam_search: bool
+    seed: int
+    run_time_s: int
+    startup_timeout_s: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Plan":
+        m = MODES[args.mode]
+        levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else m.concurrency
+        return cls(args.mode, m.model, tuple(args.systems), levels, args.requests or m.requests,
+                   args.adapters or m.adapters, args.prompt_words or m.prompt_words, args.max_tokens or m.max_tokens,
+                   args.distribution, args.zipf_exponent, args.beam_search, args.seed, args.run_time,
+                   args.startup_timeout)
+
+    def load(self, concurrency: int, models: tuple[str, ...]) -> LoadSpec:
+        return LoadSpec(concurrency=concurrency, total_requests=self.requests, max_tokens=self.max_tokens,
+                        prompt_words=self.prompt_words, models=models, distribution=self.distribution,
+                        zipf_exponent=self.zipf_exponent, seed=self.seed, beam_search=self.beam_search,
+                        run_time_s=self.run_time_s)
+
+    def meta(self) -> dict:
+        m = self.model
+        traffic = self.distribution + (f" (s={self.zipf_exponent})" if self.distribution == "zipf" else "")
+        traffic += f", {self.prompt_words}-word prompts, {self.max_tokens} output tokens (ignore_eos), "
+        traffic += "beam search width 3 (not streamed)" if self.beam_search else "streamed, greedy"
+        return {
+            "mode": self.mode, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "base model": f"Llama-shaped, random weights: hidden {m.hidden_size}, intermediate "
+                          f"{m.intermediate_size}, {m.num_hidden_layers} layers, {m.num_attention_heads} heads, "
+                          f"{m.num_key_value_heads} KV heads, head_dim {m.head_dim}",
+            "adapters per system": self.adapters, "traffic": traffic,
+            "requests per concurrency level": self.requests, "concurrency levels": list(self.levels),
+            "seed": self.seed,
+            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed))}`, VLLM_CPU_KVCACHE_SPACE=1",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
             "systems": {},
         }
-        rows: list[dict] = []
-        for system in args.systems:
-            rows += run_system(system, base, work, run_dir, args, meta, levels, n_requests, n_adapters,
-                               prompt_words, max_tokens)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    plan = Plan.from_args(args)
+    run_dir = args.out_dir / (args.run_id or f"{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta, rows = plan.meta(), []
+    with tempfile.TemporaryDirectory(prefix="vllm_para_loadtest_") as tmp:
+        work = args.work_dir or Path(tmp)
+        _log(f"building the base model in {work}")
+        base = ad.build_base(plan.model, work / "base")
+        for system in plan.systems:
+            rows += run_system(system, plan, base, work, run_dir, meta)
             write_all(rows, meta, run_dir)  # keep partial results if a later system fails
     _log(f"done: {run_dir / 'report.md'}")
     return run_dir
 
 
-def run_system(system, base, work, run_dir, args, meta, levels, n_requests, n_adapters, prompt_words,
-               max_tokens) -> list[dict]:
+def run_system(system: str, plan: Plan, base: Path, work: Path, run_dir: Path, meta: dict) -> list[dict]:
+    """Serve one system, warm it up, load it at each concurrency level, stop it."""
     _log(f"[{system}] building adapters")
-    setup = setup_system(system, base, work, n_adapters, args.seed)
-    flags = engine_flags(args.seed) + setup.flags
+    setup = setup_system(system, base, work, plan.adapters, plan.seed)
     rows = []
     _log(f"[{system}] starting vllm serve")
-    with VLLMServer(base, flags, run_dir / "logs" / f"{system}_server.log",
-                    startup_timeout=args.startup_timeout) as srv:
+    with VLLMServer(base, engine_flags(plan.seed) + setup.flags, run_dir / "logs" / f"{system}_server.log",
+                    startup_timeout=plan.startup_timeout_s) as srv:
         _log(f"[{system}] healthy after {srv.startup_s:.0f}s at {srv.url}; warming up")
         srv.warm_up(list(setup.models))
-        for c in levels:
-            spec = LoadSpec(concurrency=c, total_requests=n_requests, max_tokens=max_tokens,
-                            prompt_words=prompt_words, models=setup.models, distribution=args.distribution,
-                            zipf_exponent=args.zipf_exponent, seed=args.seed, beam_search=args.beam_search,
-                            run_time_s=args.run_time)
-            records = run_locust(srv.url, spec, run_dir / "locust" / f"{system}_c{c}")
-            row = {"system": system, "concurrency": c, **summarize(records, max_tokens)}
+        for c in plan.levels:
+            records = run_locust(srv.url, plan.load(c, setup.models), run_dir / "locust" / f"{system}_c{c}")
+            row = {"system": system, "concurrency": c, **summarize(records, plan.max_tokens)}
             _log(f"[{system}] c={c}: {row['requests']} requests, {row['failures']} failed, "
-                 f"{row['output_tokens_per_s']:.1f} tok/s, TTFT p50 {row['ttft_p50']} ms")
+                 f"{row['output_tokens_per_s']:.1f} output tok/s, TTFT p50 {_ms(row['ttft_p50'])}, "
+                 f"ITL p50 {_ms(row['itl_p50'])}")
             rows.append(row)
-    meta["systems"][system] = {"adapters": len(setup.models) if system != "base" else 0, "params": setup.params,
+    meta["systems"][system] = {"adapters": 0 if system == "base" else len(setup.models), "params": setup.params,
                                "flags": " ".join(_shorten(f, work) for f in setup.flags) or "(none)",
                                "startup_s": f"{srv.startup_s:.0f}"}
     return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def _shorten(flag: str, work: Path) -> str:

@@ -71,6 +71,9 @@ def summarize(records_file: Path, max_tokens: int) -> dict:
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
     ttft = ms([r["ttft"] for r in ok if r["ttft"] is not None])
     itl = ms([gap for r in ok for gap in r["itl"]])
+    # time per output token after the first, one value per request (smooths bursty delivery)
+    tpot = ms([(r["latency"] - r["ttft"]) / (r["tokens"] - 1)
+               for r in ok if r["ttft"] is not None and r["tokens"] > 1])
     out_tokens = sum(r["tokens"] for r in ok)
     return {
         "requests": len(recs),
@@ -82,6 +85,7 @@ def summarize(records_file: Path, max_tokens: int) -> dict:
         "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
         "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
         "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99),
+        "tpot_p50": percentile(tpot, 50),
         "latency_p50": percentile(ms([r["latency"] for r in ok]), 50),
         "errors": sorted({r["error"] for r in recs if r["error"]})[:5],
     }

@@ -10,6 +10,7 @@ Requests are streamed, so each one reports three kinds of Locust events:
     request_type "TTFT"        time to the first streamed token
     request_type "ITL"         one event per inter-token gap after the first token
 
+Users wait until all of them have spawned, then send back to back (no think time).
 The run is bounded by count: users claim request numbers from a shared counter;
 when `--total-requests` have been claimed the users stop, and the runner quits
 once the last one has finished (keep `--run-time` as a safety limit).
@@ -41,6 +42,7 @@ import json
 import time
 
 import gevent
+import gevent.event
 import locust.stats
 import requests
 from locust import User, constant, events, task
@@ -78,6 +80,7 @@ class _Run:
     """State shared by all users of one run (one process, gevent: no locks needed)."""
 
     traffic: Traffic | None = None
+    all_spawned = gevent.event.Event()
     claimed = 0
     finished = 0
     records = None
@@ -93,7 +96,13 @@ def _on_test_start(environment, **_kwargs):
     _Run.traffic = Traffic(tuple(models), opts.distribution, opts.zipf_exponent, opts.prompt_words,
                            opts.traffic_seed)
     _Run.claimed = _Run.finished = 0
+    _Run.all_spawned.clear()
     _Run.records = open(opts.records_file, "w") if opts.records_file else None
+
+
+@events.spawning_complete.add_listener
+def _on_spawning_complete(user_count, **_kwargs):
+    _Run.all_spawned.set()
 
 
 @events.quitting.add_listener
@@ -110,6 +119,9 @@ class CompletionUser(User):
         self.session = requests.Session()
         self.url = self.host.rstrip("/") + "/v1/completions"
         self.opts = self.environment.parsed_options
+        # Locust spawns users over about a second (-r per second): hold every user until all
+        # are up, so the whole load phase runs at the requested concurrency.
+        _Run.all_spawned.wait(timeout=60)
 
     def on_stop(self):
         self.session.close()

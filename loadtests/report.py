@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 SUMMARY_FIELDS = ["system", "concurrency", "requests", "failures", "output_tokens_per_s", "requests_per_s",
-                  "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "latency_p50", "wall_s"]
+                  "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50", "latency_p50", "wall_s"]
 PLOTS = {  # file -> (metric, y label)
     "throughput.png": ("output_tokens_per_s", "output tokens / s"),
     "ttft_p50.png": ("ttft_p50", "TTFT p50 (ms)"),
@@ -89,8 +89,9 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> None:
     for name, s in meta["systems"].items():
         lines.append(f"| {name} | {s['adapters']} | {s['params']} | `{s['flags']}` | {s['startup_s']} |")
     lines += ["", "## Results", "",
-              "Throughput is output tokens per second of wall time of the load phase; TTFT, ITL and "
-              "latency in milliseconds (ITL over every inter-token gap of every request).", ""]
+              "Throughput is output tokens per second of wall time of the load phase (first request sent to "
+              "last byte read). TTFT, ITL, TPOT and latency in milliseconds: ITL over every inter-token gap "
+              "of every request, TPOT = (latency - TTFT) / (tokens - 1) per request.", ""]
     lines += _table(rows)
     lines += ["", "## PARA throughput ratios (PARA / other)", "", "| concurrency | PARA/base | PARA/LoRA-matched | "
               "PARA/LoRA-16 |", "|---|---|---|---|"]
@@ -121,11 +122,18 @@ def write_plots(rows: list[dict], directory: Path) -> list[Path]:
             if pts:
                 ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=system)
         ax.set_xscale("log", base=2)
+        levels = sorted({r["concurrency"] for r in rows})
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.minorticks_off()
         ax.set_xlabel("concurrent users")
         ax.set_ylabel(label)
         ax.set_title(f"{label} vs concurrency")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not measured (e.g. beam search is not streamed)", ha="center",
+                    transform=ax.transAxes)
         fig.tight_layout()
         fig.savefig(directory / filename, dpi=100)
         plt.close(fig)
