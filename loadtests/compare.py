@@ -23,7 +23,7 @@ from pathlib import Path
 from . import adapters as ad
 from .locust_runner import LoadSpec, run_locust, summarize
 from .report import write_plots, write_report, write_summary
-from .server import VLLMServer
+from vllm_para.serve_process import VLLMServer
 from .traffic import DISTRIBUTIONS
 
 SYSTEMS = ("base", "para", "lora-matched", "lora16")

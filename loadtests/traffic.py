@@ -10,15 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-# Words the locally built tokenizer was trained on (vllm_para.tiny_models), so
-# one word is about one token.
-WORDS = (
-    "the a an of to in is was for on with as by at from that this it be are or not have "
-    "select count where order group table user name city price item date value sum max min "
-    "what which who when how many much list show find give return answer question query "
-    "red green blue one two three four five six seven eight nine ten cat dog bird fish "
-    "run jump walk read write open close start stop fast slow big small new old good bad"
-).split()
+from vllm_para.tiny_models import VOCAB_WORDS as WORDS  # the tokenizer's training words: ~1 token each
 
 DISTRIBUTIONS = ("uniform", "zipf")
 

@@ -17,7 +17,7 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 
-_WORDS = (
+VOCAB_WORDS = (
     "the a an of to in is was for on with as by at from that this it be are or not have "
     "select count where order group table user name city price item date value sum max min "
     "what which who when how many much list show find give return answer question query "
@@ -28,7 +28,7 @@ _WORDS = (
 
 def synthetic_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
+    return [" ".join(rng.choice(VOCAB_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
 
 
 def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_length: int = 4096):

@@ -1,7 +1,7 @@
 """Start a real `vllm serve` on 127.0.0.1 (free port), wait for /health, stop it.
 
-The server runs in its own process group, so `stop()` can always take down
-vLLM's engine-core child processes with it.
+Used by the load tests and the server tests. The server runs in its own
+process group, so `stop()` can always take down vLLM's engine-core children.
 """
 
 from __future__ import annotations
@@ -77,15 +77,17 @@ class VLLMServer:
         raise TimeoutError(f"vllm serve not healthy after {self.startup_timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 40) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM the process group; SIGKILL it if it has not exited after `timeout` s."""
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM the server (it shuts its engine down); SIGKILL the whole group
+        if it has not exited after `timeout` s. Returns the server's exit code."""
         if self.proc is None:
-            return
+            return None
         if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -93,7 +95,9 @@ class VLLMServer:
                 self.proc.wait()
         # engine-core children may outlive the API server: make sure the group is gone
         _signal_group(self.proc.pid, signal.SIGKILL)
-        self._log_file.close()
+        if not self._log_file.closed:
+            self._log_file.close()
+        return self.proc.returncode
 
     def models(self) -> list[str]:
         return [m["id"] for m in requests.get(self.url + "/v1/models", timeout=30).json()["data"]]
