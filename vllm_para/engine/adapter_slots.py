@@ -42,26 +42,33 @@ class AdapterRegistry:
     admitted before still find their (name, version) until they finish.
     """
 
-    def __init__(self, shape: ModelShape, modules: dict[str, str] | None = None) -> None:
+    def __init__(self, shape: ModelShape, modules: dict[str, str] | None = None, check_weights: bool = True) -> None:
         self.shape = shape
         self._active: dict[str, RegisteredAdapter] = {}
         self._all: dict[tuple[str, int], RegisteredAdapter] = {}
         self._version = 0
         self._lock = threading.Lock()
         for name, path in (modules or {}).items():
-            self.add(name, path)
+            self.add(name, path, check_weights=check_weights)
 
-    def add(self, name: str, path: str, version: int | None = None) -> RegisteredAdapter:
-        """Validate the adapter fully (config + every tensor) and register it."""
+    def add(self, name: str, path: str, version: int | None = None, check_weights: bool = True) -> RegisteredAdapter:
+        """Validate the adapter and register it.
+
+        `check_weights=False` reads only the config (workers: the frontend has
+        already checked every tensor, and slots re-check them when they load)."""
         with self._lock:
             if name in self._active:
                 raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
-        adapter = load_adapter(path, base_shape=self.shape)  # raises with file/tensor details
+        if check_weights:
+            config = load_adapter(path, base_shape=self.shape).config  # raises with file/tensor details
+        else:
+            config = PARAConfig.load(path)
+            config.check_matches(self.shape, where=str(path))
         with self._lock:
             if name in self._active:
                 raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
             self._version = max(self._version + 1, version or 0)
-            entry = RegisteredAdapter(name, str(path), adapter.config, version or self._version)
+            entry = RegisteredAdapter(name, str(path), config, version or self._version)
             self._active[name] = entry
             self._all[(name, entry.version)] = entry
             return entry

@@ -129,7 +129,8 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings)
     )
     model.para_pages = pages
     model.para_convert_layers(pages, layout)
-    registry = AdapterRegistry(shape, settings.modules)
+    # The frontend validated every tensor before the engine started; slots re-check on load.
+    registry = AdapterRegistry(shape, settings.modules, check_weights=False)
     slots = AdapterSlots(registry, settings.max_adapters, settings.max_rank, layout.width, layout.shard_index, device)
     _runtime = PARARuntime(registry, slots, pages)
     logger.info(

@@ -16,7 +16,8 @@ class PARAWorkerExtension:
         return runtime.stats() if runtime is not None else {}
 
     def para_add_adapter(self, name: str, path: str, version: int) -> int:
-        return get_runtime().registry.add(name, path, version).version
+        # validated in full by the API server before it asked the workers
+        return get_runtime().registry.add(name, path, version, check_weights=False).version
 
     def para_remove_adapter(self, name: str) -> None:
         # In-flight requests keep using (name, version); its slot is reclaimed by LRU.
