@@ -28,3 +28,19 @@ def tiny_gemma(tmp_path_factory):
 def tiny_model(request, tiny_llama, tiny_gemma):
     """Both architectures, one after the other."""
     return {"llama": tiny_llama, "gemma": tiny_gemma}[request.param]
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_llama, tmp_path_factory):
+    """The three test adapters (different targets, poolings, ranks) for the tiny Llama."""
+    from engine_support import build_adapters
+
+    return build_adapters(tiny_llama, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_llama, adapters):
+    """The transformers reference holding those adapters: what vLLM must reproduce."""
+    from vllm_para.reference import PARAReferenceModel
+
+    return PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)

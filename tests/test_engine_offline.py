@@ -14,7 +14,6 @@ import torch
 from engine_support import (
     ADAPTER_SPECS,
     PROMPTS,
-    build_adapters,
     chosen_logprobs,
     greedy_params,
     make_llm,
@@ -28,22 +27,10 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_llama, tmp_path_factory):
-    return build_adapters(tiny_llama, tmp_path_factory.mktemp("adapters"))
-
-
-@pytest.fixture(scope="module")
 def llm(tiny_llama, adapters):
     engine = make_llm(tiny_llama, adapters)
     yield engine
     del engine
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_llama, adapters):
-    from vllm_para.reference import PARAReferenceModel
-
-    return PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)
 
 
 @pytest.fixture(scope="module")

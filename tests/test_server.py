@@ -9,17 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, token_prompts
+from engine_support import ADAPTER_SPECS, PROMPTS, token_prompts
 from server_support import Server, vllm_command
 
 pytestmark = pytest.mark.server
 
 MAX_TOKENS = 10
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama, tmp_path_factory):
-    return build_adapters(tiny_llama, tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +28,6 @@ def server(tiny_llama, adapters, tmp_path_factory):
     ).wait_ready()
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_llama, adapters):
-    from vllm_para.reference import PARAReferenceModel
-
-    return PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)
 
 
 def _complete(server, model, prompt, **extra):
