@@ -1,0 +1,1 @@
+"""PARA inside vLLM's engine: model wrapping, side buffer, adapter slots, runner and scheduler hooks."""
