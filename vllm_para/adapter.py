@@ -3,7 +3,9 @@
 Loading validates everything before returning anything: config fields, the
 presence, shape, dtype and finiteness of every tensor, and (given the base
 model's shapes) that the adapter fits the base model. Files are read with
-safetensors only; pickle files are never opened.
+safetensors only; pickle files are never opened. Symlinks that lead out of the
+adapter directory are refused, and every malformed input (see
+tests/adapter_corruptions.py) ends in a `PARAConfigError` naming the file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import CONFIG_FILE, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError
+from .config import CONFIG_FILE, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, adapter_file, clip
 from .core import DOWN, UP, UP_BIAS, VGWeights, tensor_name
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,7 +81,11 @@ def load_adapter(
     refuse adapters trained for a base model of other dimensions.
     """
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except (OSError, RuntimeError):  # e.g. a symlink loop
+        is_dir = False
+    if not is_dir:
         raise PARAAdapterError(
             f"{directory}: not a directory. Pass the adapter directory holding "
             f"{CONFIG_FILE} and {WEIGHTS_FILE}."
@@ -89,15 +95,16 @@ def load_adapter(
         config.check_matches(base_shape, where=str(directory / CONFIG_FILE))
 
     path = directory / WEIGHTS_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # a dangling symlink is reported by adapter_file
         pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" Found {pickles}: pickle files are never loaded; convert to safetensors." if pickles else ""
         raise PARAAdapterError(f"{path}: missing.{hint}")
+    target = adapter_file(directory, WEIGHTS_FILE, error=PARAAdapterError)
 
     expected = expected_tensor_shapes(config)
     tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(target), framework="pt", device="cpu") as f:
             present = set(f.keys())
             missing = [name for name in expected if name not in present]
             if missing:
@@ -110,17 +117,19 @@ def load_adapter(
             unexpected = sorted(present - set(expected))
             if unexpected:
                 raise PARAAdapterError(
-                    f"{path}: unexpected tensor {unexpected[0]!r}; the config "
+                    f"{path}: unexpected tensor {clip(repr(unexpected[0]))}; the config "
                     f"(num_hidden_layers={config.num_hidden_layers}) does not account for it."
                 )
             for name, shape in expected.items():
-                t = f.get_tensor(name)
-                if tuple(t.shape) != shape:
+                # The shape comes from the header: check it before reading any data.
+                got = tuple(f.get_slice(name).get_shape())
+                if got != shape:
                     raise PARAAdapterError(
-                        f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} "
+                        f"{path}: tensor {name!r} has shape {list(got)}, expected {list(shape)} "
                         f"(r={config.r}, hidden_size={config.hidden_size}, targets={list(config.targets)} "
                         f"-> vector size {config.vector_size})."
                     )
+                t = f.get_tensor(name)
                 if t.dtype not in ALLOWED_DTYPES:
                     raise PARAAdapterError(
                         f"{path}: tensor {name!r} has dtype {t.dtype}, expected one of "
@@ -129,8 +138,11 @@ def load_adapter(
                 if not torch.isfinite(t).all():
                     raise PARAAdapterError(f"{path}: tensor {name!r} contains NaN or Inf values.")
                 tensors[name] = t
-    except SafetensorError as exc:
-        raise PARAAdapterError(f"{path}: not a valid safetensors file ({exc}).") from exc
+    except PARAAdapterError:
+        raise
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as exc:
+        # safetensors validates the header (size, offsets, dtypes) when it opens the file.
+        raise PARAAdapterError(f"{path}: not a valid safetensors file ({clip(exc)}).") from exc
 
     L = config.num_hidden_layers
 

@@ -8,13 +8,24 @@ weights.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 CONFIG_FILE = "para_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+
+# Sanity limits for what a config file may claim. A real config is a few hundred
+# bytes and real models are far below these sizes; anything above is a corrupt
+# or hostile file, refused before it can drive an allocation.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 20  # hidden_size, q_size, kv_size, intermediate_size
+MAX_RANK = 4096
+MAX_NAME_CHARS = 4096
 
 # The fixed order in which the generated vector `l` is split. Never reorder:
 # adapter files on disk depend on it.
@@ -25,6 +36,53 @@ DEFAULT_TARGETS: tuple[str, ...] = ("q", "v", "u")
 
 class PARAConfigError(ValueError):
     """An adapter config is missing, malformed or does not fit the base model."""
+
+
+def clip(text: object, limit: int = 200) -> str:
+    """`text` made safe for an error message: non-printable characters (lone
+    surrogates, control bytes) escaped, and cut to about `limit` characters."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return text
+
+
+def adapter_file(
+    directory: str | Path, name: str, error: type[PARAConfigError] = PARAConfigError, missing: str = ""
+) -> Path:
+    """The regular file `name` inside an adapter directory, resolved.
+
+    Refuses a symlink that resolves outside the directory (an adapter path must
+    not be a way to read other files), symlink loops, and anything that is not a
+    regular file (a directory, a FIFO, a device). `missing` is appended to the
+    message when the file does not exist."""
+    directory = Path(directory)
+    path = directory / name
+    try:
+        root = directory.resolve()
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+        raise error(f"{path}: cannot resolve the path (symlink loop?): {clip(exc)}") from exc
+    if not target.is_relative_to(root):
+        raise error(
+            f"{path}: is a symlink to {clip(target)}, outside the adapter directory {clip(root)}; "
+            "refusing to follow it. Copy the file into the adapter directory."
+        )
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise error(f"{path}: dangling symlink to {clip(target)}.") from None
+        raise error(f"{path}: missing.{missing}") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: cannot be read ({clip(exc)}).") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path}: is a directory, not a file.{missing}")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file (a FIFO, socket or device?).")
+    return target
 
 
 class ModelShape(BaseModel):
@@ -67,11 +125,24 @@ class PARAConfig(ModelShape):
     """Contents of `para_config.json`. Unknown fields are rejected."""
 
     peft_type: Literal["PARA"] = "PARA"
-    base_model_name_or_path: str
-    r: int = Field(default=12, ge=1, le=4096, description="VG bottleneck size")
+    base_model_name_or_path: str = Field(max_length=MAX_NAME_CHARS)
+    r: int = Field(default=12, ge=1, le=MAX_RANK, description="VG bottleneck size")
     targets: tuple[Target, ...] = DEFAULT_TARGETS
     pooling: Literal["last", "mean"] = "last"
     activation: Literal["gelu"] = "gelu"
+
+    @field_validator("num_hidden_layers", "hidden_size", "q_size", "kv_size", "intermediate_size", "r", mode="before")
+    @classmethod
+    def _integer_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        # No lax coercion from a file: true/false, 12.0 and "12" are not sizes.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {type(value).__name__}")
+        limits = {"r": MAX_RANK, "num_hidden_layers": MAX_LAYERS}
+        limit = limits.get(info.field_name, MAX_DIM)
+        if value > limit:
+            shown = value if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer"
+            raise ValueError(f"{shown} is larger than the sanity limit {limit}")
+        return value
 
     @field_validator("targets")
     @classmethod
@@ -104,7 +175,7 @@ class PARAConfig(ModelShape):
         ]
         if wrong:
             raise PARAConfigError(
-                f"{where}: PARA adapter for base model {self.base_model_name_or_path!r} does not "
+                f"{where}: PARA adapter for base model {clip(repr(self.base_model_name_or_path))} does not "
                 f"fit this base model: {', '.join(wrong)}. Train or convert the adapter for this "
                 "base model."
             )
@@ -117,19 +188,60 @@ class PARAConfig(ModelShape):
     @classmethod
     def load(cls, directory: str | Path) -> "PARAConfig":
         path = Path(directory) / CONFIG_FILE
-        if not path.is_file():
+        target = adapter_file(
+            directory, CONFIG_FILE, missing=f" A PARA adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}."
+        )
+        try:
+            with open(target, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise PARAConfigError(f"{path}: cannot be read ({clip(exc)}).") from exc
+        if len(data) > MAX_CONFIG_BYTES:
             raise PARAConfigError(
-                f"{path}: missing. A PARA adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}."
+                f"{path}: too large (over {MAX_CONFIG_BYTES} bytes); a PARA config is a few hundred bytes."
             )
         try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PARAConfigError(f"{path}: not valid JSON ({exc})") from exc
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise PARAConfigError(f"{path}: not valid JSON (not UTF-8 text: {clip(exc)})") from exc
+        except RecursionError as exc:
+            raise PARAConfigError(f"{path}: not valid JSON (nested too deeply)") from exc
+        except ValueError as exc:  # JSONDecodeError, and ints over Python's digit limit
+            raise PARAConfigError(f"{path}: not valid JSON ({clip(exc)})") from exc
+        try:
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:  # "\ud800" escapes decode to lone surrogates
+            raise PARAConfigError(
+                f"{path}: not valid JSON (a string holds a lone UTF-16 surrogate: {clip(exc)})"
+            ) from exc
+        except RecursionError as exc:
+            raise PARAConfigError(f"{path}: not valid JSON (nested too deeply)") from exc
+        if not isinstance(raw, dict):
+            raise PARAConfigError(
+                f"{path}: invalid PARA config: must be a JSON object, got a JSON {_json_kind(raw)}."
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
+            errors = exc.errors(include_input=False, include_url=False)
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-                for err in exc.errors()
+                f"{clip('.'.join(str(p) for p in err['loc']), 80) or '<root>'}: {clip(err['msg'])}"
+                for err in errors[:10]
             )
+            if len(errors) > 10:
+                problems += f"; ... ({len(errors) - 10} more)"
             raise PARAConfigError(f"{path}: invalid PARA config: {problems}") from exc
+        except RecursionError as exc:
+            raise PARAConfigError(f"{path}: invalid PARA config: nested too deeply") from exc
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
