@@ -211,7 +211,7 @@ def test_sigterm_clean_shutdown(server):
     code = server.stop(timeout=60)
     assert code == 0, server.log_tail()
     assert time.monotonic() - start < 60
-    assert "PARA enabled: 2 adapters registered ['qa', 'sql']; side buffer" in server.log.read_text()
+    assert "PARA enabled: 2 adapters registered ['qa', 'sql'] (host memory" in server.log.read_text()
 
 
 def test_runtime_endpoints_off_by_default(tiny_llama, adapters, tmp_path):

@@ -47,6 +47,7 @@ ENGINE_SIGNATURES = {
     "attach_endpoint_plugins": ["app"],
     "init_endpoint_plugins_state": ["engine_client", "state", "args"],
     "generate": ["self", "prompt", "sampling_params", "request_id"],
+    "add_request": ["self", "request_id", "prompt", "params"],
     "beam_search": ["self", "prompt", "request_id", "params"],
 }
 
@@ -117,8 +118,38 @@ def test_para_engine_config(tiny_llama, tmp_path):
     assert config.scheduler_config.enable_chunked_prefill is False
     assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
     assert config.parallel_config.worker_extension_cls.endswith("PARAWorkerExtension")
+    assert config.scheduler_config.get_scheduler_cls().__name__ in ("PARAScheduler", "PARAAsyncScheduler")
+    assert config.scheduler_config.long_prefill_token_threshold == 0
     plain = _engine_config(tiny_llama)
     assert plain.parallel_config.worker_extension_cls == ""
+    assert plain.scheduler_config.scheduler_cls is None
+
+
+def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
+    """Frontend state belongs to the engine's config, not to the module."""
+    from vllm_para.engine.frontend import frontend_registry
+    from vllm_para.tiny_models import build_random_adapter
+
+    build_random_adapter(tiny_llama, tmp_path / "a")
+    build_random_adapter(tiny_llama, tmp_path / "b", seed=3)
+    first = _engine_config(tiny_llama, additional_config={"para": {"modules": {"a": str(tmp_path / "a")}}})
+    second = _engine_config(tiny_llama, additional_config={"para": {"modules": {"b": str(tmp_path / "b")}}})
+    assert frontend_registry(first).names() == ["a"]
+    assert frontend_registry(second).names() == ["b"]
+    assert frontend_registry(_engine_config(tiny_llama)) is None
+
+
+def test_page_ledger_admits_up_to_capacity():
+    from vllm_para.engine.scheduler import PageLedger
+
+    ledger = PageLedger(2)
+    assert ledger.try_reserve("a") and ledger.try_reserve("b")
+    assert ledger.try_reserve("a")  # a holder asking again keeps its page
+    assert not ledger.try_reserve("c")
+    ledger.release("a")
+    ledger.release("zzz")  # unknown: no effect
+    assert ledger.try_reserve("c") and not ledger.try_reserve("d")
+    assert ledger.holders == {"b", "c"}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +159,9 @@ def test_para_engine_config(tiny_llama, tmp_path):
         ({"additional_config": {"para": {"modules": {"a": "/nonexistent"}}}}, r"PARA adapter 'a' \(/nonexistent\) cannot be loaded"),
         ({"additional_config": {"para": {"max_adapters": 0}}}, "para.max_adapters"),
         ({"additional_config": {"para": {"bogus": 1}}}, "para.bogus"),
+        ({"long_prefill_token_threshold": 16}, "--long-prefill-token-threshold splits long prompts"),
+        ({"scheduler_cls": "my.Scheduler"}, "PARA installs its own scheduler"),
+        ({"additional_config": {"para": {"modules": {"a/b": "/x"}}}}, "invalid adapter name"),
     ],
 )
 def test_engine_config_refusals(tiny_llama, kwargs, message):
@@ -156,3 +190,19 @@ def test_unsupported_architecture_refused(tiny_llama, tmp_path):
     (model / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(Exception, match=r"PARA does not support architecture \['Qwen2ForCausalLM'\]; supported:"):
         _engine_config(model, additional_config={"para": {}})
+
+
+def test_v2_model_runner_settings_refused(tiny_llama):
+    """Settings that switch vLLM to its V2 runner would bypass every PARA hook."""
+    with pytest.raises(Exception, match="V2 model runner"):
+        _engine_config(tiny_llama, additional_config={"para": {}}, watermark_config={"type": "gumbel"})
+
+
+def test_runtime_updating_refused_with_several_api_servers(tiny_llama, monkeypatch):
+    from vllm.engine.arg_utils import EngineArgs
+
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_PARA_UPDATING", "1")
+    args = EngineArgs(model=str(tiny_llama), dtype="float32", max_model_len=256, additional_config={"para": {}})
+    args._api_process_count = 2
+    with pytest.raises(Exception, match="api-server-count > 1"):
+        args.create_engine_config()

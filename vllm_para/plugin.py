@@ -20,10 +20,15 @@ SUPPORTED_VLLM = "0.32."
 # hooks are listed in vllm_para.server.install.PATCHES.
 PATCHES = (
     "vllm.engine.arg_utils.EngineArgs.create_engine_config",  # PARA engine settings + adapter validation
-    "vllm.v1.engine.input_processor.InputProcessor.process_inputs",  # per-request adapter check
+    "vllm.v1.engine.input_processor.InputProcessor.process_inputs",  # admission: every PARA request field
+    "vllm.v1.engine.async_llm.AsyncLLM.add_request",  # admission of pre-built EngineCoreRequests
+    "vllm.v1.engine.llm_engine.LLMEngine.add_request",  # admission of pre-built EngineCoreRequests
     "vllm.v1.core.kv_cache_utils.generate_block_hash_extra_keys",  # prefix-cache keys
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._model_forward",  # per-step VG plan
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._on_request_state_removed",  # free pages
+    # engine/graph_guard.py: a step that runs the VG never replays a FULL CUDA graph
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner._determine_batch_execution_and_padding",
+    "vllm.v1.cudagraph_dispatcher.CudagraphDispatcher.dispatch",
 )
 
 _registered = False
@@ -60,12 +65,42 @@ def _wrap_create_engine_config(original):
 def _wrap_process_inputs(original):
     @functools.wraps(original)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):
-        from .engine.frontend import admit_request
+        from .engine.frontend import admit_request, check_request_params
 
-        params = admit_request(self.vllm_config, request_id, params)
-        return original(self, request_id, prompt, params, *args, **kwargs)
+        pooled = check_request_params(self.vllm_config, params)
+        request = original(self, request_id, prompt, params, *args, **kwargs)
+        return admit_request(self.vllm_config, request, pooled)
 
     return process_inputs
+
+
+def _admit_prebuilt(engine, prompt) -> None:
+    """vLLM still accepts a ready `EngineCoreRequest` (deprecated): admit it too."""
+    from vllm.v1.engine import EngineCoreRequest
+
+    from .engine.frontend import admit_request, check_request_params
+
+    if isinstance(prompt, EngineCoreRequest):
+        pooled = check_request_params(engine.vllm_config, prompt.sampling_params)
+        admit_request(engine.vllm_config, prompt, pooled)
+
+
+def _wrap_add_request(original):
+    @functools.wraps(original)
+    def add_request(self, request_id, prompt, *args, **kwargs):
+        _admit_prebuilt(self, prompt)
+        return original(self, request_id, prompt, *args, **kwargs)
+
+    return add_request
+
+
+def _wrap_add_request_async(original):
+    @functools.wraps(original)
+    async def add_request(self, request_id, prompt, *args, **kwargs):
+        _admit_prebuilt(self, prompt)
+        return await original(self, request_id, prompt, *args, **kwargs)
+
+    return add_request
 
 
 def register() -> None:
@@ -76,10 +111,13 @@ def register() -> None:
     check_vllm_version()
     from vllm import ModelRegistry
     from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.llm_engine import LLMEngine
 
     from .engine.prefix_cache import install_prefix_cache_keys
     from .patching import wrap_attribute
+    from .engine.graph_guard import install_graph_guard
     from .engine.runner_hooks import install_runner_hooks
     from .server.install import install_server_hooks
 
@@ -91,8 +129,11 @@ def register() -> None:
         ModelRegistry.register_model(arch, f"vllm_para.engine.model:{cls}")
     wrap_attribute(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     wrap_attribute(InputProcessor, "process_inputs", _wrap_process_inputs)
+    wrap_attribute(AsyncLLM, "add_request", _wrap_add_request_async)
+    wrap_attribute(LLMEngine, "add_request", _wrap_add_request)
     install_prefix_cache_keys()
     install_runner_hooks()
+    install_graph_guard()
     install_server_hooks()
     _registered = True
     logger.debug("vllm-para plugin registered")

@@ -1,28 +1,45 @@
 """Registered PARA adapters and the device slots that hold their VG weights.
 
-The VG runs only at prefill, so only the adapters of the prompts in the
-current step must be resident. Slots are filled from disk on demand and
+Every (name, version) is read from disk, validated and kept in host memory
+once, when it is registered; nothing reads its files again. The VG runs only
+at prefill, so only the adapters of the prompts in the current step must be
+resident on the device: slots are filled from host memory on demand and
 swapped least-recently-used; a step that needs more adapters than there are
-slots gets temporary overflow copies for that step instead of an error.
+slots gets temporary device copies for that step instead of an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..adapter import load_adapter
-from ..config import ModelShape, PARAConfig
+from ..config import WEIGHTS_FILE, ModelShape, PARAConfig
 from ..core import VGWeights, expand_to_all_targets
-
 
 
 class UnknownAdapterError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
+
+
+class AdapterRejected(ValueError):
+    """An adapter cannot be registered (invalid, too large, name taken); the message says why."""
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of the adapter's weights file: frontend and workers check they read the same bytes."""
+    h = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -31,47 +48,99 @@ class RegisteredAdapter:
     path: str
     config: PARAConfig
     version: int  # bumps when a name is re-registered, so stale slots are never reused
+    digest: str = ""  # sha256 of the weights file as read at registration
+    weights: VGWeights | None = field(default=None, compare=False, repr=False)  # host copy (workers)
+
+    @property
+    def host_bytes(self) -> int:
+        if self.weights is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.weights.down, self.weights.up, self.weights.up_bias))
 
 
 class AdapterRegistry:
-    """name -> adapter directory, validated against the base model at registration.
+    """name -> adapter, validated against the base model (and `max_rank`) at registration.
 
     Every registration gets a version. The frontend assigns versions and passes
     them to the workers, so both sides agree which load a request was admitted
-    under. Removing a name only stops new requests from selecting it: requests
-    admitted before still find their (name, version) until they finish.
+    under. Registration is two-phase: `load` validates (and, with
+    `prepare_weights`, keeps the weights in host memory) without making the
+    name selectable; `publish` makes it selectable. Removing a name only stops
+    new requests from selecting it; `retire` drops a (name, version) once no
+    request uses it any more.
     """
 
-    def __init__(self, shape: ModelShape, modules: dict[str, str] | None = None, check_weights: bool = True) -> None:
+    def __init__(
+        self,
+        shape: ModelShape,
+        modules: dict[str, str] | None = None,
+        max_rank: int | None = None,
+        prepare_weights: Callable[[VGWeights, PARAConfig], VGWeights] | None = None,
+    ) -> None:
         self.shape = shape
+        self.max_rank = max_rank
+        self.prepare_weights = prepare_weights  # None: validate only, keep no weights (frontend)
         self._active: dict[str, RegisteredAdapter] = {}
         self._all: dict[tuple[str, int], RegisteredAdapter] = {}
+        self._pending: set[str] = set()
         self._version = 0
         self._lock = threading.Lock()
         for name, path in (modules or {}).items():
-            self.add(name, path, check_weights=check_weights)
+            self.add(name, path)
 
-    def add(self, name: str, path: str, version: int | None = None, check_weights: bool = True) -> RegisteredAdapter:
-        """Validate the adapter and register it.
-
-        `check_weights=False` reads only the config (workers: the frontend has
-        already checked every tensor, and slots re-check them when they load)."""
+    def load(self, name: str, path: str, version: int | None = None, digest: str | None = None) -> RegisteredAdapter:
+        """Read and validate the adapter; reserve `name`. Not selectable until `publish`."""
         with self._lock:
-            if name in self._active:
-                raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
-        if check_weights:
-            config = load_adapter(path, base_shape=self.shape).config  # raises with file/tensor details
-        else:
-            config = PARAConfig.load(path)
-            config.check_matches(self.shape, where=str(path))
+            if name in self._active or name in self._pending:
+                where = self._active[name].path if name in self._active else "a load in progress"
+                raise AdapterRejected(f"PARA adapter {name!r} is already loaded (from {where}); unload it first.")
+            self._pending.add(name)
+        try:
+            entry = self._read(name, path, version, digest)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(name)
+            raise
         with self._lock:
-            if name in self._active:
-                raise ValueError(f"PARA adapter {name!r} is already loaded (from {self._active[name].path}).")
-            self._version = max(self._version + 1, version or 0)
-            entry = RegisteredAdapter(name, str(path), config, version or self._version)
-            self._active[name] = entry
             self._all[(name, entry.version)] = entry
-            return entry
+        return entry
+
+    def _read(self, name: str, path: str, version: int | None, digest: str | None) -> RegisteredAdapter:
+        adapter = load_adapter(path, base_shape=self.shape)  # raises with file/tensor details
+        after = file_digest(path)  # the frontend's digest travels to the workers, which compare theirs
+        if digest is not None and digest != after:
+            raise AdapterRejected(
+                f"{path}: {WEIGHTS_FILE} differs from the file the server validated (it was rewritten "
+                "during the load); retry the load."
+            )
+        config = adapter.config
+        if self.max_rank is not None and config.r > self.max_rank:
+            raise AdapterRejected(
+                f"PARA adapter {name!r} has r={config.r} > max_rank={self.max_rank}; start the server with a "
+                f"larger --max-para-rank (additional_config para.max_rank) or train with r <= {self.max_rank}."
+            )
+        weights = self.prepare_weights(adapter.weights, config) if self.prepare_weights is not None else None
+        with self._lock:
+            self._version = max(self._version + 1, version or 0)
+            return RegisteredAdapter(name, str(path), config, version or self._version, after, weights)
+
+    def publish(self, entry: RegisteredAdapter) -> None:
+        with self._lock:
+            self._pending.discard(entry.name)
+            self._active[entry.name] = entry
+            self._all[(entry.name, entry.version)] = entry
+
+    def abandon(self, entry: RegisteredAdapter) -> None:
+        """Undo a `load` that was never published."""
+        with self._lock:
+            self._pending.discard(entry.name)
+            if self._active.get(entry.name) is not entry:
+                self._all.pop((entry.name, entry.version), None)
+
+    def add(self, name: str, path: str, version: int | None = None, digest: str | None = None) -> RegisteredAdapter:
+        entry = self.load(name, path, version, digest)
+        self.publish(entry)
+        return entry
 
     def remove(self, name: str) -> RegisteredAdapter:
         with self._lock:
@@ -79,20 +148,35 @@ class AdapterRegistry:
                 raise UnknownAdapterError(self.unknown_message(name))
             return self._active.pop(name)
 
+    def retire(self, name: str, version: int) -> None:
+        """Forget (name, version) entirely (no request uses it any more)."""
+        with self._lock:
+            entry = self._all.pop((name, version), None)
+            if entry is not None and self._active.get(name) is entry:
+                del self._active[name]
+
     def get(self, name: str, version: int | None = None) -> RegisteredAdapter:
         entry = self._active.get(name) if version is None else self._all.get((name, version))
         if entry is None:
             raise UnknownAdapterError(self.unknown_message(name))
         return entry
 
+    def find(self, name: str, version: int) -> RegisteredAdapter | None:
+        return self._all.get((name, version))
+
     def names(self) -> list[str]:
         return sorted(self._active)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._active
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and name in self._active
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(e.host_bytes for e in list(self._all.values()))
 
     def unknown_message(self, name: str) -> str:
-        return f"PARA adapter {name!r} is not loaded. Available adapters: {self.names()}."
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        return f"PARA adapter {shown!r} is not loaded. Available adapters: {self.names()}."
 
 
 @dataclass
@@ -140,13 +224,12 @@ class AdapterSlots:
         return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.up_bias))
 
     def _read(self, entry: RegisteredAdapter) -> VGWeights:
-        adapter = load_adapter(entry.path, base_shape=self.registry.shape)
-        full = expand_to_all_targets(adapter.weights, adapter.config)
-        up, bias = full.up, full.up_bias
-        if self.shard_index is not None:
-            up, bias = up.index_select(1, self.shard_index.cpu()), bias.index_select(1, self.shard_index.cpu())
+        """The host copy made at registration (never the files: they may be gone or rewritten)."""
         self.loads += 1
-        return VGWeights(full.down, up, bias)
+        return entry.weights
+
+    def evict(self, key: tuple[str, int]) -> None:
+        self._resident.pop(key, None)
 
     def _view(self, slot: int) -> SlotWeights:
         r = self._rank[slot]
@@ -157,13 +240,7 @@ class AdapterSlots:
         out: dict[tuple[str, int], SlotWeights] = {}
         needed = set(keys)
         for key in sorted(keys):
-            name = key[0]
-            entry = self.registry.get(*key)
-            if entry.config.r > self.max_rank:
-                raise ValueError(
-                    f"PARA adapter {name!r} has r={entry.config.r} > max_rank={self.max_rank}; "
-                    "raise para.max_rank."
-                )
+            entry = self.registry.find(*key)  # planned keys are registered: the runtime checked
             slot = self._resident.get(key)
             if slot is None:
                 slot = self._free_slot(needed)
@@ -192,9 +269,9 @@ class AdapterSlots:
         r = entry.config.r
         self.down[slot].zero_()
         self.up[slot].zero_()
-        self.down[slot, :, :r].copy_(w.down)
-        self.up[slot, :, :, :r].copy_(w.up)
-        self.up_bias[slot].copy_(w.up_bias)
+        self.down[slot, :, :r].copy_(w.down, non_blocking=True)
+        self.up[slot, :, :, :r].copy_(w.up, non_blocking=True)
+        self.up_bias[slot].copy_(w.up_bias, non_blocking=True)
         self._rank[slot] = r
         self._pooling[slot] = entry.config.pooling
         self._resident[key] = slot

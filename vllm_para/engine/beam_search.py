@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY
+from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PooledPrefix
 
 _SALT_PREFIX = "para-beam:"
 
@@ -53,7 +53,7 @@ def beam_search(llm, prompts: Sequence, params, adapters: Sequence[str | None] |
                 continue
             p = p.clone()
             p.extra_args = {**(p.extra_args or {}), REQUEST_ADAPTER_KEY: adapter,
-                            REQUEST_POOL_LEN_KEY: original_len[tag]}
+                            REQUEST_POOL_LEN_KEY: PooledPrefix(original_len[tag])}
             new_params.append(p)
         return original_run(prompts=prompts, params=new_params, **run_kwargs)
 

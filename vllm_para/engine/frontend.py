@@ -1,12 +1,19 @@
 """Engine set-up and request admission for PARA (the frontend process).
 
 - `prepare_engine_args` / `check_engine_config` wrap `EngineArgs.create_engine_config`:
-  they configure vLLM so every PARA prompt is prefilled in one step, refuse
-  feature combinations PARA cannot honour, and validate every registered
-  adapter before any engine process starts.
-- `admit_request` runs in `InputProcessor.process_inputs`: an unknown adapter
-  name fails that request alone, with the list of available adapters; known
-  ones get their prefix-cache key.
+  they configure vLLM so every PARA prompt is prefilled in one step, install
+  the page-aware scheduler, refuse feature combinations PARA cannot honour,
+  and validate every registered adapter before any engine process starts.
+- `check_request_params` / `admit_request` run around `InputProcessor.process_inputs`
+  (and for pre-built `EngineCoreRequest`s in `add_request`): every PARA field a
+  request carries is checked here, so nothing a client sends can fail inside
+  the engine. The one public field is `para_adapter`; the internal ones
+  (pooling length, adapter version, prefix-cache key) are written here only,
+  and a client sending them gets 400.
+
+State (the frontend registry, in-flight requests per adapter version) lives in
+a `FrontendState` attached to the engine's `VllmConfig`, so two engines in one
+process never see each other's adapters.
 """
 
 from __future__ import annotations
@@ -14,20 +21,78 @@ from __future__ import annotations
 import logging
 import os
 
+import threading
+from collections import Counter
+
 from ..config import ModelShape
 from .adapter_slots import AdapterRegistry
-from .prefix_cache import REQUEST_CACHE_KEY
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, PARASettingsError
+from .settings import (
+    INTERNAL_KEYS,
+    REQUEST_ADAPTER_KEY,
+    REQUEST_CACHE_KEY,
+    REQUEST_POOL_LEN_KEY,
+    REQUEST_VERSION_KEY,
+    PARASettings,
+    PARASettingsError,
+    PooledPrefix,
+    adapter_name_problem,
+)
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "GemmaForCausalLM")
+_STATE_ATTR = "_para_frontend_state"
 
-_registry: AdapterRegistry | None = None  # this process's view of the loaded adapters
+
+class FrontendState:
+    """One engine's PARA state in its frontend process."""
+
+    def __init__(self, settings: PARASettings, registry: AdapterRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        # request id -> (name, version), for requests entering through AsyncLLM (the server);
+        # the unload route waits for a version's count to reach zero before workers forget it.
+        self.track_inflight = False
+        self._inflight: dict[str, tuple[str, int]] = {}
+        self._counts: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+
+    # The config travels to the engine-core and worker processes, which keep their own
+    # state (scheduler ledger, worker registry): the frontend's stays behind.
+    def __reduce__(self):
+        return (type(None), ())
+
+    def __deepcopy__(self, memo):  # a copy of the config still belongs to this engine
+        return self
+
+    def admitted(self, request_id: str, key: tuple[str, int]) -> None:
+        if not self.track_inflight:
+            return
+        with self._lock:
+            if request_id not in self._inflight:
+                self._inflight[request_id] = key
+                self._counts[key] += 1
+
+    def finished(self, request_id: str) -> None:
+        with self._lock:
+            key = self._inflight.pop(request_id, None)
+            if key is not None:
+                self._counts[key] -= 1
+                if self._counts[key] <= 0:
+                    del self._counts[key]
+
+    def in_flight(self, key: tuple[str, int]) -> int:
+        return self._counts.get(key, 0)
 
 
-def frontend_registry() -> AdapterRegistry | None:
-    return _registry
+def frontend_state(vllm_config) -> FrontendState | None:
+    """The PARA state of the engine built from `vllm_config` (None: PARA off)."""
+    return getattr(vllm_config, _STATE_ATTR, None) if vllm_config is not None else None
+
+
+def frontend_registry(vllm_config) -> AdapterRegistry | None:
+    state = frontend_state(vllm_config)
+    return state.registry if state is not None else None
 
 
 def settings_of(config_or_args) -> PARASettings | None:
@@ -46,12 +111,33 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
             "speculative decoding is not supported with PARA: the draft model would not apply the "
             "adapters' vectors. Remove --speculative-config."
         )
+    if getattr(args, "long_prefill_token_threshold", 0):
+        raise PARASettingsError(
+            "--long-prefill-token-threshold splits long prompts over several steps, but a PARA prompt must be "
+            "prefilled in one step (its vectors need its last token at every layer). Remove the flag."
+        )
     if getattr(args, "enable_chunked_prefill", None):
         logger.warning("PARA: disabling chunked prefill (a PARA prompt must be prefilled in one step).")
     args.enable_chunked_prefill = False
     if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", ""):
         raise PARASettingsError("PARA needs vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER.")
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # inherited by the engine and worker processes
+    if getattr(args, "watermark_config", None) is not None:
+        raise PARASettingsError(
+            "--watermark-config switches vLLM to its V2 model runner, which PARA does not hook: the adapters "
+            "would be silently ignored. Remove --watermark-config."
+        )
+    if getattr(args, "_api_process_count", 1) > 1 and _runtime_updating_enabled():
+        raise PARASettingsError(
+            "VLLM_ALLOW_RUNTIME_PARA_UPDATING cannot be used with --api-server-count > 1: a load or unload would "
+            "reach one API server only (vLLM refuses the same for LoRA). Use one API server, or name adapters "
+            "at start-up with --para-modules."
+        )
+    if getattr(args, "scheduler_cls", None):
+        raise PARASettingsError(
+            f"PARA installs its own scheduler (page-aware admission); --scheduler-cls {args.scheduler_cls!r} "
+            "cannot be combined with it."
+        )
     from .worker_extension import EXTENSION_QUALNAME
 
     current = getattr(args, "worker_extension_cls", "")
@@ -62,9 +148,14 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
     args.worker_extension_cls = EXTENSION_QUALNAME
 
 
+def _runtime_updating_enabled() -> bool:
+    return os.environ.get("VLLM_ALLOW_RUNTIME_PARA_UPDATING", "").lower() in ("1", "true")
+
+
 def check_engine_config(vllm_config, settings: PARASettings) -> None:
     """Validate the built config and every registered adapter; fail before start-up."""
-    global _registry
+    from .scheduler import ASYNC_SCHEDULER_QUALNAME, SCHEDULER_QUALNAME
+
     archs = list(vllm_config.model_config.architectures or [])
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise PARASettingsError(
@@ -73,20 +164,24 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
     sched = vllm_config.scheduler_config
     if sched.enable_chunked_prefill:
         raise PARASettingsError("PARA requires chunked prefill off (--no-enable-chunked-prefill).")
+    if sched.long_prefill_token_threshold:
+        logger.warning("PARA: setting long_prefill_token_threshold to 0 (a PARA prompt is prefilled in one step).")
+        sched.long_prefill_token_threshold = 0
+    if vllm_config.use_v2_model_runner:
+        raise PARASettingsError(
+            "these settings switch vLLM to its V2 model runner (e.g. --watermark-config or HiSparse attention), "
+            "which PARA does not hook: its adapters would be silently ignored. Remove those settings."
+        )
+    sched.scheduler_cls = ASYNC_SCHEDULER_QUALNAME if sched.async_scheduling else SCHEDULER_QUALNAME
     _keep_vg_out_of_cuda_graphs(vllm_config)
     shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config)
-    registry = AdapterRegistry(shape)
+    registry = AdapterRegistry(shape, max_rank=settings.max_rank)  # validates only; workers keep the weights
     for name, path in settings.modules.items():
         try:
-            entry = registry.add(name, path)
+            registry.add(name, path)
         except Exception as exc:
             raise PARASettingsError(f"PARA adapter {name!r} ({path}) cannot be loaded: {exc}") from exc
-        if entry.config.r > settings.max_rank:
-            raise PARASettingsError(
-                f"PARA adapter {name!r} has r={entry.config.r} > max_rank={settings.max_rank}; "
-                "raise para.max_rank (--max-para-rank)."
-            )
-    _registry = registry
+    object.__setattr__(vllm_config, _STATE_ATTR, FrontendState(settings, registry))
     logger.info("PARA: %d adapters validated: %s", len(registry.names()), registry.names())
 
 
@@ -103,34 +198,93 @@ def _keep_vg_out_of_cuda_graphs(vllm_config) -> None:
         splitting_ops.append(OP_NAME)
 
 
-def admit_request(vllm_config, request_id: str, params):
-    """Check a request's adapter; return the params to use (cloned if changed)."""
+def _shorten(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_request_params(vllm_config, params) -> int | None:
+    """First half of admission, on the caller's params: refuse internal keys and
+    malformed adapter names. Returns the trusted pooling length, if any."""
     from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
     from vllm.sampling_params import SamplingParams
 
-    if not isinstance(params, SamplingParams) or not params.extra_args:
-        return params
-    name = params.extra_args.get(REQUEST_ADAPTER_KEY)
-    if name is None:
-        return params
-    if settings_of(vllm_config) is None:
+    extra = getattr(params, "extra_args", None)
+    if not isinstance(params, SamplingParams) or not extra:
+        return None
+    state = frontend_state(vllm_config)
+    if state is None:
+        if extra.get(REQUEST_ADAPTER_KEY) is not None:
+            raise VLLMValidationError(
+                f"request selects PARA adapter {_shorten(extra[REQUEST_ADAPTER_KEY])} but PARA is not enabled on "
+                "this engine (start it with --enable-para or additional_config={'para': {...}}).",
+                parameter=REQUEST_ADAPTER_KEY,
+            )
+        return None
+    pooled = None
+    for key in INTERNAL_KEYS:
+        if key not in extra:
+            continue
+        value = extra[key]
+        if key == REQUEST_POOL_LEN_KEY and isinstance(value, PooledPrefix):
+            pooled = int(value)  # set by vllm-para's own beam search, in this process
+            continue
         raise VLLMValidationError(
-            f"request selects PARA adapter {name!r} but PARA is not enabled on this engine "
-            "(start it with --enable-para or additional_config={'para': {...}}).",
-            parameter=REQUEST_ADAPTER_KEY,
+            f"vllm_xargs/extra_args key {key!r} is reserved for vllm-para's internal use; the only PARA request "
+            f"field is {REQUEST_ADAPTER_KEY!r}. Remove {key!r}.",
+            parameter=key,
         )
-    registry = _registry
-    if registry is None or name not in registry:
-        available = registry.names() if registry is not None else []
-        raise VLLMNotFoundError(f"PARA adapter {name!r} is not loaded. Available adapters: {available}.")
-    entry = registry.get(name)
-    params = params.clone()
+    name = extra.get(REQUEST_ADAPTER_KEY)
+    if name is None:
+        return pooled
+    problem = adapter_name_problem(name)
+    if problem:
+        raise VLLMValidationError(f"{REQUEST_ADAPTER_KEY} {_shorten(name)} is invalid: it {problem}.",
+                                  parameter=REQUEST_ADAPTER_KEY)
+    if name not in state.registry:
+        raise VLLMNotFoundError(state.registry.unknown_message(name))
+    return pooled
+
+
+def admit_request(vllm_config, request, pooled: int | None):
+    """Second half of admission, on the built `EngineCoreRequest`: check what
+    needs the tokenized prompt and write the internal keys on a private copy of
+    the params. Mutates and returns `request`."""
+    from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
+
+    params = getattr(request, "sampling_params", None)
+    extra = getattr(params, "extra_args", None) or {}
+    name = extra.get(REQUEST_ADAPTER_KEY)
+    state = frontend_state(vllm_config)
+    if state is None or name is None:
+        return request
+    try:
+        entry = state.registry.get(name)
+    except KeyError:  # unloaded between the two halves
+        raise VLLMNotFoundError(state.registry.unknown_message(name)) from None
+    tokens = request.prompt_token_ids
+    if tokens is None or getattr(request, "prompt_embeds", None) is not None:
+        raise VLLMValidationError(
+            f"PARA adapter {name!r} needs a token prompt: prompt embeddings (prompt_embeds) cannot be pooled by "
+            "the adapter's vector generator. Send text or token ids.",
+            parameter="prompt_embeds",
+        )
+    pool_len = len(tokens) if pooled is None else pooled
+    if not 1 <= pool_len <= len(tokens):
+        raise VLLMValidationError(
+            f"PARA pooling length {pool_len} is outside the prompt (1..{len(tokens)} tokens).",
+            parameter=REQUEST_POOL_LEN_KEY,
+        )
+    params = params.clone()  # the caller may share one params object across prompts
     params.extra_args = {
-        **params.extra_args,
+        **extra,
         REQUEST_VERSION_KEY: entry.version,
-        REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.path}",
+        REQUEST_POOL_LEN_KEY: pool_len,
+        REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.digest}",
     }
-    if entry.config.pooling == "mean" or REQUEST_POOL_LEN_KEY in params.extra_args:
+    if entry.config.pooling == "mean" or pool_len != len(tokens):
         # Pooling needs every pooled token computed in this request's own prefill.
         params.skip_reading_prefix_cache = True
-    return params
+    request.sampling_params = params
+    state.admitted(getattr(request, "external_req_id", None) or request.request_id, (name, entry.version))
+    return request

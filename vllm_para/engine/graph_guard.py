@@ -70,10 +70,7 @@ def runtime_for(runner):
     `runtime.get_runtime()`."""
     from . import runtime
 
-    runtime_of = getattr(runtime, "runtime_of", None)
-    if runtime_of is not None:
-        return runtime_of(runner)
-    return runtime.get_runtime()
+    return runtime.runtime_of(runner)
 
 
 def _is_full(mode) -> bool:

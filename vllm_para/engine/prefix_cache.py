@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY
-
-REQUEST_CACHE_KEY = "para_cache_key"  # set by the frontend: adapter name + load version (+ nonce)
+from .settings import REQUEST_ADAPTER_KEY, REQUEST_CACHE_KEY, REQUEST_POOL_LEN_KEY
 
 
 def para_block_key(request) -> tuple | None:
@@ -24,9 +22,12 @@ def para_block_key(request) -> tuple | None:
     params = getattr(request, "sampling_params", None)
     extra = (params.extra_args or {}) if params is not None else {}
     key = None
-    if extra.get(REQUEST_ADAPTER_KEY):
-        pooled_len = int(extra.get(REQUEST_POOL_LEN_KEY) or len(request.prompt_token_ids))
-        digest = hashlib.sha256(repr(list(request.prompt_token_ids[:pooled_len])).encode()).hexdigest()
+    tokens = getattr(request, "prompt_token_ids", None)
+    if extra.get(REQUEST_ADAPTER_KEY) and tokens is not None:
+        # Admission wrote both keys (plain int / str) and refused token-less prompts.
+        pooled_len = extra.get(REQUEST_POOL_LEN_KEY)
+        pooled = tokens[:pooled_len] if isinstance(pooled_len, int) else tokens
+        digest = hashlib.sha256(repr(list(pooled)).encode()).hexdigest()
         key = ("para", str(extra.get(REQUEST_CACHE_KEY) or extra[REQUEST_ADAPTER_KEY]), digest)
     request._para_block_key = key
     return key

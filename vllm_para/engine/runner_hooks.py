@@ -4,8 +4,10 @@
 - `_on_request_state_removed` (vLLM's hook for request-scoped side caches):
   the page of a finished or aborted request goes back to the free list;
 - `_model_forward`: before the forward, assign pages to tokens and plan the VG
-  for prompts in their prefill step; after it, clear the plan so dummy and
-  profile runs (which bypass `_model_forward`) never see stale indices.
+  for prompts in their prefill step (refusing loudly a FULL CUDA-graph replay
+  of such a step, see graph_guard.py); after it, clear the plan so dummy and
+  profile runs (which bypass `_model_forward`) never see stale indices, and
+  mark the planned pages filled (only now: their VG has run).
 
 Both wrappers do nothing unless this process runs a PARA model.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import functools
 
-from .runtime import get_runtime
+from .graph_guard import assert_step_not_full_graph, check_not_full_graph, current_cudagraph_mode
+from .runtime import runtime_of
 from .step_plan import set_plan
 
 
@@ -22,7 +25,7 @@ from .step_plan import set_plan
 def _wrap_request_removed(original):
     @functools.wraps(original)
     def _on_request_state_removed(self, req_id, req_state, *args, **kwargs):
-        runtime = get_runtime()
+        runtime = runtime_of(self)
         if runtime is not None:
             runtime.release([req_id])
         return original(self, req_id, req_state, *args, **kwargs)
@@ -33,14 +36,19 @@ def _wrap_request_removed(original):
 def _wrap_model_forward(original):
     @functools.wraps(original)
     def _model_forward(self, *args, **kwargs):
-        runtime = get_runtime()
+        runtime = runtime_of(self)
         if runtime is None:
             return original(self, *args, **kwargs)
-        set_plan(runtime.plan_step(self))
+        assert_step_not_full_graph(self, runtime)  # before plan_step marks anything
+        plan = runtime.plan_step(self)
+        check_not_full_graph(current_cudagraph_mode(), bool(plan))
+        set_plan(plan)
         try:
-            return original(self, *args, **kwargs)
+            output = original(self, *args, **kwargs)
         finally:
             set_plan(None)
+        runtime.pages.commit_filled(plan.pending_fills)  # a page counts as filled only once its VG has run
+        return output
 
     return _model_forward
 

@@ -1,8 +1,15 @@
 """Per-worker PARA state: the adapter registry, the VG slots, the vector pages,
 and the planning of each step from the model runner's batch.
 
-One model per worker process, so one `PARARuntime` per process, installed by
-the PARA model at construction and used by the runner hooks.
+The `PARARuntime` belongs to the model it was built for (`model.para_runtime`);
+the runner hooks and the worker extension reach it through the runner's model,
+so two engines never share it.
+
+Nothing here may raise inside a forward because of what a request carries:
+admission (engine/frontend.py) validated every request field, the scheduler
+(engine/scheduler.py) admits PARA requests only while a page is free, and
+adapter weights are in host memory from registration on. What is left are
+invariant checks: they fail loudly with a message naming the broken invariant.
 """
 
 from __future__ import annotations
@@ -14,20 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelShape
+from ..config import ModelShape, PARAConfig
+from ..core import VGWeights, expand_to_all_targets
 from .adapter_slots import AdapterRegistry, AdapterSlots
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings
+from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, page_capacity
 from .step_plan import StepPlan, VGGroup
 from .tp_layout import RankLayout
 from .vector_pages import UNIT_PAGE, VectorPages
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
-_runtime: "PARARuntime | None" = None
 
-
-def get_runtime() -> "PARARuntime | None":
-    return _runtime
+def runtime_of(runner) -> "PARARuntime | None":
+    """The PARA runtime of a model runner's model (None: not a PARA engine, or no model yet)."""
+    model = getattr(runner, "model", None)
+    if model is None:
+        return None
+    if hasattr(model, "unwrap"):  # CUDA-graph wrapper
+        model = model.unwrap()
+    return getattr(model, "para_runtime", None)
 
 
 class PARARuntime:
@@ -49,7 +61,25 @@ class PARARuntime:
             "bytes_per_sequence": self.pages.bytes_per_sequence,
             "adapters": self.registry.names(),
             "slot_loads": self.slots.loads,
+            "slots_resident": len(self.slots._resident),
+            "adapter_host_bytes": self.registry.host_bytes,
+            "adapter_device_bytes": self.slots.bytes_total,
         }
+
+    # ---------------------------------------------------------------- adapters
+    def add_adapter(self, name: str, path: str, version: int, digest: str | None) -> int:
+        """Read, validate and keep in host memory (name, version); selectable at once."""
+        return self.registry.add(name, path, version, digest).version
+
+    def remove_adapter(self, name: str, version: int | None = None) -> None:
+        """Forget (name, version): the frontend calls this once no request uses it."""
+        entry = self.registry.find(name, version) if version is not None else None
+        if entry is None and name in self.registry:
+            entry = self.registry.get(name)
+        if entry is None:
+            return
+        self.registry.retire(name, entry.version)
+        self.slots.evict((name, entry.version))
 
     # ---------------------------------------------------------------- each step
     def plan_step(self, runner) -> StepPlan:
@@ -61,6 +91,7 @@ class PARARuntime:
         num_tokens = int(qsl[num_reqs])
         token_pages = np.zeros(num_tokens, dtype=np.int64)
         todo: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)  # adapter -> (page, start, end)
+        fills: list[str] = []
 
         for i, rid in enumerate(batch.req_ids[:num_reqs]):
             params = runner.requests[rid].sampling_params
@@ -69,13 +100,20 @@ class PARARuntime:
             if not name:
                 continue  # unit page: exactly the base model
             start, end = int(qsl[i]), int(qsl[i + 1])
+            if rid not in self.pages.filled:
+                # Admission set both keys; the frontend retires a version only after its last request.
+                entry = self.registry.find(name, extra.get(REQUEST_VERSION_KEY))
+                if entry is None:
+                    raise RuntimeError(
+                        f"PARA invariant broken: request {rid} uses adapter {name!r} version "
+                        f"{extra.get(REQUEST_VERSION_KEY)!r}, which this worker does not hold."
+                    )
             page = self.pages.allocate(rid)
             token_pages[start:end] = page
             if rid in self.pages.filled:
                 continue  # vectors of this prompt already computed (decode, or recompute after preemption)
             computed = int(batch.num_computed_tokens_cpu[i])
-            prompt_len = int(extra.get(REQUEST_POOL_LEN_KEY) or batch.num_prompt_tokens[i])
-            entry = self.registry.get(name, extra.get(REQUEST_VERSION_KEY))
+            prompt_len = int(extra[REQUEST_POOL_LEN_KEY])
             pooling = entry.config.pooling
             first_needed = 0 if pooling == "mean" else prompt_len - 1
             if computed > first_needed or computed + (end - start) < prompt_len:
@@ -85,7 +123,7 @@ class PARARuntime:
                     "chunked prefill off and prefix-cache keys that include the adapter and prompt."
                 )
             todo[(name, entry.version)].append((page, start - computed, start - computed + prompt_len))
-            self.pages.filled.add(rid)
+            fills.append(rid)
 
         device = self.pages.token_pages.device
         self.pages.token_pages[num_tokens:].zero_()
@@ -105,14 +143,32 @@ class PARARuntime:
                     last_index=torch.tensor([e - 1 for e in ends], dtype=torch.long).to(device, non_blocking=True),
                 )
             )
-        return StepPlan(groups)
+        return StepPlan(groups, fills)
+
+
+def host_weights_preparer(layout: RankLayout, pin: bool):
+    """Registration-time transform of an adapter's VG weights into what a slot
+    holds: all five targets (missing ones = exact ones), this rank's slice,
+    float32, pinned for asynchronous copies on GPU."""
+
+    def prepare(weights: VGWeights, config: PARAConfig) -> VGWeights:
+        full = expand_to_all_targets(weights, config)
+        up, bias = full.up, full.up_bias
+        if layout.shard_index is not None:
+            index = layout.shard_index.cpu()
+            up, bias = up.index_select(1, index), bias.index_select(1, index)
+        out = VGWeights(*(t.float().contiguous() for t in (full.down, up, bias)))
+        if pin:
+            out = VGWeights(*(t.pin_memory() for t in (out.down, out.up, out.up_bias)))
+        return out
+
+    return prepare
 
 
 def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings) -> PARARuntime:
     """Build the side buffer and slots for `model` and switch its layers to PARA."""
     from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
-    global _runtime
     hf_config = vllm_config.model_config.hf_config
     shape = ModelShape.from_hf_config(hf_config)
     head_dim = shape.q_size // hf_config.num_attention_heads
@@ -121,7 +177,7 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings)
     sched = vllm_config.scheduler_config
     pages = VectorPages(
         num_layers=shape.num_hidden_layers,
-        num_pages=2 * sched.max_num_seqs,  # running + preempted sequences
+        num_pages=page_capacity(settings, sched.max_num_seqs),  # = what the scheduler admits
         vector_width=layout.width,
         max_num_tokens=sched.max_num_batched_tokens,
         dtype=vllm_config.model_config.dtype,
@@ -129,14 +185,17 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings)
     )
     model.para_pages = pages
     model.para_convert_layers(pages, layout)
-    # The frontend validated every tensor before the engine started; slots re-check on load.
-    registry = AdapterRegistry(shape, settings.modules, check_weights=False)
+    # Read and validated once here; slot fills copy from this host copy, never from disk.
+    prepare = host_weights_preparer(layout, pin=torch.device(device).type == "cuda")
+    registry = AdapterRegistry(shape, settings.modules, max_rank=settings.max_rank, prepare_weights=prepare)
     slots = AdapterSlots(registry, settings.max_adapters, settings.max_rank, layout.width, layout.shard_index, device)
-    _runtime = PARARuntime(registry, slots, pages)
+    runtime = PARARuntime(registry, slots, pages)
+    model.para_runtime = runtime
     logger.info(
-        "PARA enabled: %d adapters registered %s; side buffer %d bytes (%d pages x %d bytes per sequence, "
-        "%d layers x %d values); VG slots %d x rank %d = %d bytes",
-        len(registry.names()), registry.names(), pages.bytes_total, pages.capacity, pages.bytes_per_sequence,
-        shape.num_hidden_layers, layout.width, settings.max_adapters, settings.max_rank, slots.bytes_total,
+        "PARA enabled: %d adapters registered %s (host memory %d bytes); side buffer %d bytes (%d pages x %d "
+        "bytes per sequence, %d layers x %d values); VG slots %d x rank %d = %d bytes",
+        len(registry.names()), registry.names(), registry.host_bytes, pages.bytes_total, pages.capacity,
+        pages.bytes_per_sequence, shape.num_hidden_layers, layout.width, settings.max_adapters, settings.max_rank,
+        slots.bytes_total,
     )
-    return _runtime
+    return runtime

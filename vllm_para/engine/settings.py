@@ -13,9 +13,33 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ADDITIONAL_CONFIG_KEY = "para"
-REQUEST_ADAPTER_KEY = "para_adapter"  # SamplingParams.extra_args key selecting the adapter
-REQUEST_POOL_LEN_KEY = "para_prompt_len"  # internal: pool over the first N tokens (beam search)
-REQUEST_VERSION_KEY = "para_version"  # internal: which load of the adapter admitted the request
+REQUEST_ADAPTER_KEY = "para_adapter"  # SamplingParams.extra_args key selecting the adapter: the only public one
+# Internal keys, written by admission only (a client sending any of them gets 400):
+REQUEST_POOL_LEN_KEY = "para_prompt_len"  # pool over the first N prompt tokens (always set by admission)
+REQUEST_VERSION_KEY = "para_version"  # which load of the adapter admitted the request
+REQUEST_CACHE_KEY = "para_cache_key"  # prefix-cache key: adapter name + load version
+INTERNAL_KEYS = (REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, REQUEST_CACHE_KEY)
+MAX_ADAPTER_NAME_LEN = 256
+
+
+class PooledPrefix(int):
+    """Trusted in-process marker: "pool this PARA request over its first N prompt
+    tokens" (beam search scores every beam under the original prompt's vectors).
+    Only code in this process can build one; a client's JSON cannot, so a
+    client-sent `para_prompt_len` is refused at admission."""
+
+
+def adapter_name_problem(name) -> str | None:
+    """Why `name` cannot be a PARA adapter name (None when it can)."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not name or len(name) > MAX_ADAPTER_NAME_LEN:
+        return f"must have 1..{MAX_ADAPTER_NAME_LEN} characters, got {len(name)}"
+    if any(c.isspace() or not c.isprintable() for c in name) or "=" in name or "/" in name or "\\" in name:
+        return "must not contain whitespace, control characters, '=', '/' or '\\'"
+    if name in (".", ".."):
+        return "must not be '.' or '..'"
+    return None
 
 
 class PARASettingsError(ValueError):
@@ -32,13 +56,19 @@ class PARASettings(BaseModel):
         default=8, ge=1, le=1024, description="device slots for VG weights (LRU-swapped)"
     )
     max_rank: int = Field(default=64, ge=1, le=4096, description="largest VG rank r a slot holds")
+    max_pages: int | None = Field(
+        default=None, ge=1, le=1 << 20,
+        description="side-buffer pages: sequences holding PARA vectors, running or preempted "
+        "(default 2 x max_num_seqs); a PARA request waits for a free page",
+    )
 
     @field_validator("modules")
     @classmethod
     def _names(cls, modules: dict[str, str]) -> dict[str, str]:
         for name, path in modules.items():
-            if not name or any(c.isspace() for c in name) or "=" in name:
-                raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without spaces or '='")
+            problem = adapter_name_problem(name)
+            if problem:
+                raise ValueError(f"invalid adapter name {name[:80]!r}: it {problem}")
             if not str(path):
                 raise ValueError(f"adapter {name!r} has an empty path")
         return {name: str(Path(path).expanduser()) for name, path in modules.items()}
@@ -62,6 +92,11 @@ class PARASettings(BaseModel):
                 f"para.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )
             raise PARASettingsError(f"invalid PARA settings in additional_config: {problems}") from exc
+
+
+def page_capacity(settings: PARASettings, max_num_seqs: int) -> int:
+    """Side-buffer pages; the scheduler admits PARA requests up to exactly this many."""
+    return settings.max_pages or 2 * max_num_seqs
 
 
 def parse_module_specs(specs: list[str]) -> dict[str, str]:

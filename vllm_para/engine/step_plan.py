@@ -31,6 +31,7 @@ class VGGroup:
 @dataclass
 class StepPlan:
     groups: list[VGGroup] = field(default_factory=list)
+    pending_fills: list[str] = field(default_factory=list)  # request ids whose pages this step fills
 
     def __bool__(self) -> bool:
         return bool(self.groups)

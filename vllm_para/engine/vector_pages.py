@@ -78,6 +78,12 @@ class VectorPages(torch.nn.Module):
         self.page_of[req_id] = page
         return page
 
+    def commit_filled(self, req_ids) -> None:
+        """Mark pages filled after the forward that ran their VG (released ones stay released)."""
+        for rid in req_ids:
+            if rid in self.page_of:
+                self.filled.add(rid)
+
     def release(self, req_id: str) -> None:
         page = self.page_of.pop(req_id, None)
         self.filled.discard(req_id)

@@ -1,24 +1,34 @@
 """Methods PARA adds to vLLM workers through vLLM's `worker_extension_cls`,
-callable with `collective_rpc("para_...")` from `LLM` or the API server."""
+callable with `collective_rpc("para_...")` from `LLM` or the API server.
+
+They run between steps (vLLM serialises utility calls with the engine loop),
+never inside a forward; a failure raises back to the caller, which rolls back.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .runtime import get_runtime
+from .runtime import PARARuntime, runtime_of
 
 EXTENSION_QUALNAME = "vllm_para.engine.worker_extension.PARAWorkerExtension"
 
 
 class PARAWorkerExtension:
+    def _para_runtime(self) -> PARARuntime:
+        runtime = runtime_of(self.model_runner)
+        if runtime is None:
+            raise RuntimeError("this worker runs no PARA model (start the engine with additional_config['para']).")
+        return runtime
+
     def para_stats(self) -> dict[str, Any]:
-        runtime = get_runtime()
+        runtime = runtime_of(getattr(self, "model_runner", None))
         return runtime.stats() if runtime is not None else {}
 
-    def para_add_adapter(self, name: str, path: str, version: int) -> int:
-        # validated in full by the API server before it asked the workers
-        return get_runtime().registry.add(name, path, version, check_weights=False).version
+    def para_add_adapter(self, name: str, path: str, version: int, digest: str | None = None) -> int:
+        """Read, validate (same checks as the frontend, plus the file digest) and keep in host memory."""
+        return self._para_runtime().add_adapter(name, path, version, digest)
 
-    def para_remove_adapter(self, name: str) -> None:
-        # In-flight requests keep using (name, version); its slot is reclaimed by LRU.
-        get_runtime().registry.remove(name)
+    def para_remove_adapter(self, name: str, version: int | None = None) -> None:
+        """Forget (name, version): called once no request uses it (or to roll back a failed load)."""
+        self._para_runtime().remove_adapter(name, version)

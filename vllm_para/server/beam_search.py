@@ -3,7 +3,8 @@
 vLLM's online beam search sends one single-token request per beam per step,
 with fresh SamplingParams and no `extra_args`. While it runs for a request
 whose `model` names a PARA adapter, this module remembers the adapter and the
-original prompt length (a context variable, inherited by the per-beam tasks),
+original prompt length (a context variable, inherited by the per-beam tasks;
+the adapter may be named by `model` or by `vllm_xargs.para_adapter`),
 and `with_beam_adapter` adds both to each beam request, so every beam is
 scored under the vectors of the original prompt.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 import contextvars
 import functools
 
-from ..engine.settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY
+from ..engine.settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PooledPrefix
 from .metrics import count_request, count_tokens
-from .openai_models import selected_adapter
+from .openai_models import requested_adapter
 
 _beam_adapter: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("para_beam", default=None)
 
@@ -31,14 +32,15 @@ def with_beam_adapter(sampling_params):
         return sampling_params
     name, prompt_len = beam
     params = sampling_params.clone()
-    params.extra_args = {**(params.extra_args or {}), REQUEST_ADAPTER_KEY: name, REQUEST_POOL_LEN_KEY: prompt_len}
+    params.extra_args = {**(params.extra_args or {}), REQUEST_ADAPTER_KEY: name,
+                         REQUEST_POOL_LEN_KEY: PooledPrefix(prompt_len)}
     return params
 
 
 def wrap_beam_search(original):
     @functools.wraps(original)
     async def beam_search(self, prompt, request_id, params, *args, **kwargs):
-        name = selected_adapter()
+        name = requested_adapter()  # by `model`, or by vllm_xargs.para_adapter with the base model
         if name is None:
             async for output in original(self, prompt, request_id, params, *args, **kwargs):
                 yield output

@@ -9,10 +9,12 @@ import functools
 from http import HTTPStatus
 
 from ..engine.frontend import frontend_registry
-from ..engine.settings import REQUEST_ADAPTER_KEY
+from ..engine.settings import REQUEST_ADAPTER_KEY, adapter_name_problem
 
-# The PARA adapter the current HTTP request selected (each request runs in its own task).
+# The PARA adapter the current HTTP request selected (each request runs in its own task):
+# by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
 _selected_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_adapter", default=None)
+_requested_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_requested", default=None)
 
 
 def selected_adapter() -> str | None:
@@ -20,9 +22,20 @@ def selected_adapter() -> str | None:
     return _selected_adapter.get()
 
 
-def _para_name(serving, model_name: str | None) -> str | None:
-    registry = frontend_registry()
-    if registry is None or not model_name or serving.models.is_base_model(model_name):
+def requested_adapter() -> str | None:
+    """The PARA adapter the current HTTP request uses, named by `model` or by `vllm_xargs`."""
+    return _requested_adapter.get()
+
+
+def models_registry(models):
+    """The PARA registry of the engine behind an `OpenAIServingModels`."""
+    client = getattr(models, "engine_client", None)
+    return frontend_registry(getattr(client, "vllm_config", None))
+
+
+def _para_name(serving, model_name) -> str | None:
+    registry = models_registry(serving.models)
+    if registry is None or not isinstance(model_name, str) or serving.models.is_base_model(model_name):
         return None
     return model_name if model_name in registry else None
 
@@ -35,11 +48,12 @@ def wrap_check_model(original):
                 self.request_logger.log_request_body(request)
             return None
         error = await original(self, request)
-        registry = frontend_registry()
+        registry = models_registry(self.models)
         if error is not None and registry is not None and error.error.code == HTTPStatus.NOT_FOUND.value:
             available = [m.name for m in self.models.base_model_paths] + registry.names()
             available += list(self.models.lora_requests)
-            error.error.message = f"The model `{request.model}` does not exist. Available models: {available}."
+            shown = request.model if len(str(request.model)) <= 80 else str(request.model)[:80] + "..."
+            error.error.message = f"The model `{shown}` does not exist. Available models: {available}."
         return error
 
     return _check_model
@@ -48,11 +62,24 @@ def wrap_check_model(original):
 def wrap_maybe_get_adapters(original):
     @functools.wraps(original)
     def _maybe_get_adapters(self, request, *args, **kwargs):
+        from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
+
         name = _para_name(self, request.model)
         _selected_adapter.set(name)
+        _requested_adapter.set(name)
         if name is None:
+            registry = models_registry(self.models)
+            xargs = getattr(request, "vllm_xargs", None)
+            chosen = xargs.get(REQUEST_ADAPTER_KEY) if isinstance(xargs, dict) and registry is not None else None
+            if chosen is not None:  # base model + vllm_xargs.para_adapter: beam search must know it too
+                problem = adapter_name_problem(chosen)
+                if problem:
+                    raise VLLMValidationError(f"vllm_xargs.{REQUEST_ADAPTER_KEY} is invalid: it {problem}.",
+                                              parameter="vllm_xargs")
+                if chosen not in registry:
+                    raise VLLMNotFoundError(registry.unknown_message(chosen))
+                _requested_adapter.set(chosen)
             return original(self, request, *args, **kwargs)
-        from vllm.exceptions import VLLMValidationError
 
         if not hasattr(request, "vllm_xargs"):
             raise VLLMValidationError(f"PARA adapter {name!r} serves text generation only.", parameter="model")
@@ -84,7 +111,7 @@ def wrap_show_available_models(original):
         from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelPermission
 
         model_list = await original(self)
-        registry = frontend_registry()
+        registry = models_registry(self)
         if registry is not None:
             base = self.base_model_paths[0].name
             for name in registry.names():

@@ -1,0 +1,283 @@
+"""Tenant isolation against ONE real `vllm serve --enable-para` that is never
+restarted: every hostile request, adapter directory and admin call gets a 4xx
+naming the problem (or a correct 200), and after each one the server is
+healthy and a fixed tenant's greedy output is unchanged."""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+import shutil
+import time
+
+import pytest
+import requests
+
+from engine_support import PROMPTS, token_prompts
+from server_support import Server
+
+pytestmark = pytest.mark.server
+
+MAX_TOKENS = 8
+FIXED = ("sql", PROMPTS[0])  # the tenant whose output must never change
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, adapters, tmp_path_factory):
+    modules = [f"{name}={adapters[name]}" for name in ("sql", "qa")]
+    srv = Server(
+        tiny_llama,
+        ["--enable-para", "--para-modules", *modules, "--max-para-adapters", "2", "--max-para-rank", "16",
+         "--enable-prompt-embeds"],
+        tmp_path_factory.mktemp("hostile") / "server.log",
+        env={"VLLM_ALLOW_RUNTIME_PARA_UPDATING": "1"},
+    ).wait_ready()
+    yield srv
+    srv.stop()
+
+
+def _body(model, prompt, **extra):
+    return {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, **extra}
+
+
+def _tokens(server, model, prompt, **extra) -> list[int]:
+    r = server.post("/v1/completions", _body(model, prompt, **extra))
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["token_ids"]
+
+
+@pytest.fixture(scope="module")
+def fixed_output(server, reference, tiny_llama):
+    ids = token_prompts(tiny_llama, [FIXED[1]])
+    want = reference.greedy(ids, [FIXED[0]], MAX_TOKENS, stop_at_eos=False)[0].token_ids
+    assert _tokens(server, *FIXED) == want
+    return want
+
+
+def _still_fine(server, fixed_output):
+    assert server.get("/health").status_code == 200, server.log_tail()
+    assert _tokens(server, *FIXED) == fixed_output
+
+
+def _refused(r: requests.Response, status: int | tuple[int, ...], *words: str) -> str:
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, (r.status_code, r.text[:500])
+    message = r.json()["error"]["message"] if "error" in r.json() else str(r.json())
+    for word in words:
+        assert word in message, (word, message[:500])
+    return message
+
+
+HUGE = "x" * 10_000
+
+# (vllm_xargs, model or None for the base, expected status, words in the message)
+HOSTILE_XARGS = [
+    ({"para_prompt_len": 100000}, "sql", 400, ["para_prompt_len", "reserved"]),
+    ({"para_prompt_len": -1}, "sql", 400, ["para_prompt_len", "reserved"]),
+    ({"para_prompt_len": "abc"}, "sql", 400, ["para_prompt_len", "reserved"]),
+    ({"para_prompt_len": 2}, "sql", 400, ["para_prompt_len", "reserved"]),
+    ({"para_prompt_len": 3}, None, 400, ["para_prompt_len", "reserved"]),
+    ({"para_version": 1}, "sql", 400, ["para_version", "reserved"]),
+    ({"para_version": "zzz"}, "qa", 400, ["para_version", "reserved"]),
+    ({"para_cache_key": "qa@1:x"}, "sql", 400, ["para_cache_key", "reserved"]),
+    ({"para_cache_key": HUGE}, None, 400, ["para_cache_key", "reserved"]),
+    ({"para_adapter": 123}, None, 400, ["para_adapter"]),
+    ({"para_adapter": 1.5}, None, 400, ["para_adapter"]),
+    ({"para_adapter": True}, None, 400, ["para_adapter"]),
+    ({"para_adapter": ["sql"]}, None, 400, []),
+    ({"para_adapter": {"a": 1}}, None, 400, []),
+    ({"para_adapter": ""}, None, 400, ["para_adapter"]),
+    ({"para_adapter": HUGE}, None, 400, ["para_adapter", "characters"]),
+    ({"para_adapter": "sq l"}, None, 400, ["para_adapter"]),
+    ({"para_adapter": "../sql"}, None, 400, ["para_adapter"]),
+    ({"para_adapter": "\x00"}, None, 400, ["para_adapter"]),
+    ({"para_adapter": "ünïcødé-名前"}, None, 404, ["not loaded", "Available adapters"]),
+    ({"para_adapter": "qa"}, "sql", 400, ["name different PARA adapters"]),
+    ({"para_adapter": "nope"}, None, 404, ["Available adapters"]),
+]
+
+
+@pytest.mark.parametrize("xargs, model, status, words", HOSTILE_XARGS, ids=[str(i) for i in range(len(HOSTILE_XARGS))])
+def test_hostile_vllm_xargs(server, fixed_output, tiny_llama, xargs, model, status, words):
+    for path, body in (
+        ("/v1/completions", _body(model or str(tiny_llama), PROMPTS[1], vllm_xargs=xargs)),
+        ("/v1/chat/completions", {"model": model or str(tiny_llama), "max_tokens": 4, "vllm_xargs": xargs,
+                                  "messages": [{"role": "user", "content": PROMPTS[1]}]}),
+        ("/v1/completions", _body(model or str(tiny_llama), PROMPTS[1], vllm_xargs=xargs, stream=True)),
+    ):
+        _refused(server.post(path, body), status, *words)
+    _still_fine(server, fixed_output)
+
+
+@pytest.mark.parametrize("model", [HUGE, "ünïcødé", "", "sql\n", "../../etc/passwd", "a" * 257])
+def test_hostile_model_names(server, fixed_output, model):
+    r = server.post("/v1/completions", _body(model, PROMPTS[1]))
+    assert r.status_code in (400, 404), r.text[:300]
+    assert len(r.text) < 5000  # a 10 kB name is not echoed back in full
+    _still_fine(server, fixed_output)
+
+
+def test_hostile_field_types(server, fixed_output, tiny_llama):
+    for body in (
+        _body("sql", PROMPTS[1], vllm_xargs="para_adapter=sql"),
+        _body("sql", PROMPTS[1], vllm_xargs=["para_adapter"]),
+        _body("sql", PROMPTS[1], max_tokens=-1),
+        _body("sql", PROMPTS[1], n="two"),
+        {"model": 5, "prompt": PROMPTS[1]},
+        _body("sql", PROMPTS[1], vllm_xargs={"para_adapter": "sql", "para_prompt_len": [1, 2]}),
+    ):
+        r = server.post("/v1/completions", body)
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text[:300])
+    _still_fine(server, fixed_output)
+
+
+def test_prompt_embeds_with_adapter_refused(server, fixed_output, tiny_llama):
+    import torch
+    from transformers import AutoConfig
+
+    hidden = AutoConfig.from_pretrained(str(tiny_llama)).hidden_size
+    buf = io.BytesIO()
+    torch.save(torch.randn(5, hidden), buf)
+    embeds = base64.b64encode(buf.getvalue()).decode()
+    base = {"prompt_embeds": embeds, "max_tokens": 3, "temperature": 0}
+    _refused(server.post("/v1/completions", {"model": "sql", **base}), 400, "prompt_embeds")
+    _refused(server.post("/v1/completions", {"model": str(tiny_llama), **base, "vllm_xargs": {"para_adapter": "qa"}}),
+             400, "prompt_embeds")
+    # the base model still serves prompt embeddings
+    assert server.post("/v1/completions", {"model": str(tiny_llama), **base}).status_code == 200
+    _still_fine(server, fixed_output)
+
+
+def test_beam_search_base_model_with_xargs_adapter(server, fixed_output, tiny_llama):
+    body = {"prompt": PROMPTS[3], "use_beam_search": True, "n": 2, "max_tokens": 5, "ignore_eos": True,
+            "temperature": 0, "length_penalty": 0.0, "return_token_ids": True}
+    by_model = server.post("/v1/completions", {**body, "model": "sql"})
+    by_xargs = server.post("/v1/completions", {**body, "model": str(tiny_llama), "vllm_xargs": {"para_adapter": "sql"}})
+    base = server.post("/v1/completions", {**body, "model": str(tiny_llama)})
+    assert by_model.status_code == by_xargs.status_code == base.status_code == 200
+    beams = lambda r: [c["token_ids"] for c in r.json()["choices"]]  # noqa: E731
+    assert beams(by_xargs) == beams(by_model)
+    assert beams(base) != beams(by_model)
+    _refused(server.post("/v1/completions", {**body, "model": str(tiny_llama), "vllm_xargs": {"para_adapter": "zz"}}),
+             404, "Available adapters")
+    _still_fine(server, fixed_output)
+
+
+def _load(server, name, path):
+    return server.post("/v1/load_para_adapter", {"para_name": name, "para_path": str(path)})
+
+
+def _unload(server, name):
+    return server.post("/v1/unload_para_adapter", {"para_name": name})
+
+
+def test_runtime_load_rank_above_max_refused(server, fixed_output, tiny_llama, tmp_path):
+    from vllm_para.tiny_models import build_random_adapter
+
+    build_random_adapter(tiny_llama, tmp_path / "big", r=32)
+    _refused(_load(server, "big", tmp_path / "big"), 400, "r=32 > max_rank=16", "--max-para-rank")
+    _refused(server.post("/v1/completions", _body("big", PROMPTS[1])), 404)
+    _still_fine(server, fixed_output)
+
+
+def test_runtime_load_bad_admin_calls(server, fixed_output, adapters):
+    for body in (
+        {"para_name": "a/b", "para_path": adapters["sql"]},
+        {"para_name": "", "para_path": adapters["sql"]},
+        {"para_name": HUGE[:5000], "para_path": adapters["sql"]},
+        {"para_name": "x", "para_path": HUGE[:5000]},
+        {"para_name": "x", "para_path": ""},
+        {"para_name": 5, "para_path": adapters["sql"]},
+        {"para_name": "x"},
+        {"para_name": "x", "para_path": adapters["sql"], "extra": 1},
+        {"para_name": "sql", "para_path": adapters["sql"]},  # already loaded
+        {"para_name": "x", "para_path": "/nonexistent/dir"},
+    ):
+        r = server.post("/v1/load_para_adapter", body)
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text[:300])
+    assert _unload(server, "never-loaded").status_code == 404
+    assert server.post("/v1/unload_para_adapter", {"para_name": 5}).status_code in (400, 422)
+    _still_fine(server, fixed_output)
+
+
+def test_deleted_and_rewritten_adapter_dirs_serve_loaded_weights(server, fixed_output, adapters, tmp_path):
+    """Weights are kept in host memory at load: evicted slots refill from there, never from disk."""
+    gone, rewritten = tmp_path / "gone", tmp_path / "rewritten"
+    shutil.copytree(adapters["sql"], gone)
+    shutil.copytree(adapters["qa"], rewritten)
+    assert _load(server, "gone", gone).status_code == 200
+    assert _load(server, "rewritten", rewritten).status_code == 200
+    want = {name: _tokens(server, name, PROMPTS[2]) for name in ("gone", "rewritten")}
+    assert want["gone"] == _tokens(server, "sql", PROMPTS[2])
+    shutil.rmtree(gone)
+    shutil.copyfile(adapters["tone"] + "/adapter_model.safetensors", rewritten / "adapter_model.safetensors")
+    # 4 adapters over 2 slots: each use below evicts another
+    for _ in range(3):
+        for name in ("sql", "qa", "gone", "rewritten"):
+            out = _tokens(server, name, PROMPTS[2])
+            if name in want:
+                assert out == want[name], name
+    assert _unload(server, "gone").status_code == 200
+    assert _unload(server, "rewritten").status_code == 200
+    _still_fine(server, fixed_output)
+
+
+def test_unload_lets_in_flight_requests_finish(server, fixed_output, adapters):
+    assert _load(server, "inflight", adapters["sql"]).status_code == 200
+    body = _body("inflight", PROMPTS[0], max_tokens=120, stream=True)
+    got = 0
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith(b"data: {"):
+                got += 1
+                if got == 2:
+                    assert _unload(server, "inflight").status_code == 200
+                    assert server.post("/v1/completions", _body("inflight", PROMPTS[0])).status_code == 404
+        assert r.status_code == 200
+    assert got >= 100
+    _still_fine(server, fixed_output)
+
+
+def test_unknown_names_do_not_grow_metrics(server, fixed_output, tiny_llama):
+    def series():
+        return sum(1 for line in server.get("/metrics").text.splitlines() if line.startswith("vllm_para:requests_total{"))
+
+    before = series()
+    rng = random.Random(0)
+    for _ in range(40):
+        name = "".join(rng.choice("abcdefghij") for _ in range(12))
+        server.post("/v1/completions", _body(name, PROMPTS[0]))
+        server.post("/v1/completions", _body(str(tiny_llama), PROMPTS[0], vllm_xargs={"para_adapter": name}))
+    assert series() == before
+    _still_fine(server, fixed_output)
+
+
+def test_fuzzed_adapter_dirs_refused_at_runtime_load(server, fixed_output, adapters, tmp_path):
+    from adapter_corruptions import generate_corruptions
+
+    cases = generate_corruptions(
+        __import__("pathlib").Path(adapters["sql"]), tmp_path / "fuzz", seed=1
+    )
+    assert len(cases) >= 200
+    for i, case in enumerate(cases):
+        r = _load(server, f"fuzz{i}", case.path)
+        msg = _refused(r, 400)
+        assert case.expect in msg.lower(), (case.name, case.expect, msg[:400])
+        if i % 50 == 0:
+            _still_fine(server, fixed_output)
+    names = {m["id"] for m in server.get("/v1/models").json()["data"]}
+    assert not any(n.startswith("fuzz") for n in names)
+    _still_fine(server, fixed_output)
+
+
+def test_pages_and_slots_back_to_idle(server, fixed_output):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and server.metric("vllm_para:side_buffer_pages_in_use") != 0.0:
+        time.sleep(0.5)
+    assert server.metric("vllm_para:side_buffer_pages_in_use") == 0.0
+    assert server.metric("vllm_para:adapter_host_bytes") > 0
+    _still_fine(server, fixed_output)
+    assert "Traceback" not in server.log.read_text(), server.log_tail()

@@ -1,0 +1,78 @@
+"""Page-aware admission: vLLM's scheduler, plus "a PARA request starts only
+while a side-buffer page is free".
+
+Every PARA sequence holds one page of vectors from its first scheduled step
+until it finishes, preemptions included (its vectors depend only on its
+prompt, so a resumed request reuses them). Without admission control,
+preempted requests holding pages plus newcomers taking new ones could exceed
+the buffer (e.g. `--scheduling-policy priority`). Here the scheduler keeps the
+same count as the workers' buffer: a waiting PARA request without a page is
+skipped for this step (vLLM's own skip path, as for `max_loras`) until a page
+frees; base requests are never held back, and nobody's vectors are evicted.
+
+Installed through vLLM's `scheduler_cls` (not a patch): `PARAScheduler`, or
+`PARAAsyncScheduler` when async scheduling is on.
+"""
+
+from __future__ import annotations
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from .settings import REQUEST_ADAPTER_KEY, PARASettings, page_capacity
+
+
+def is_para_request(request) -> bool:
+    params = getattr(request, "sampling_params", None)
+    extra = getattr(params, "extra_args", None) or {}
+    return bool(extra.get(REQUEST_ADAPTER_KEY))
+
+
+class PageLedger:
+    """Which requests hold a side-buffer page (pure bookkeeping, unit-tested)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.holders: set[str] = set()
+
+    def try_reserve(self, request_id: str) -> bool:
+        if request_id in self.holders:
+            return True
+        if len(self.holders) >= self.capacity:
+            return False
+        self.holders.add(request_id)
+        return True
+
+    def release(self, request_id: str) -> None:
+        self.holders.discard(request_id)
+
+
+class PageAdmissionMixin:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        settings = PARASettings.from_additional_config(self.vllm_config.additional_config) or PARASettings()
+        self.para_pages = PageLedger(page_capacity(settings, self.scheduler_config.max_num_seqs))
+
+    def _handle_blocked_waiting_request(self, request) -> bool:
+        if not super()._handle_blocked_waiting_request(request):
+            return False
+        if not is_para_request(request):
+            return True
+        # Reserve now: several waiting requests are considered in one schedule() call.
+        return self.para_pages.try_reserve(request.request_id)
+
+    def _free_request(self, request, *args, **kwargs):
+        self.para_pages.release(request.request_id)
+        return super()._free_request(request, *args, **kwargs)
+
+
+class PARAScheduler(PageAdmissionMixin, Scheduler):
+    pass
+
+
+class PARAAsyncScheduler(PageAdmissionMixin, AsyncScheduler):
+    pass
+
+
+SCHEDULER_QUALNAME = f"{__name__}.PARAScheduler"
+ASYNC_SCHEDULER_QUALNAME = f"{__name__}.PARAAsyncScheduler"
