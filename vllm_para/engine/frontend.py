@@ -40,7 +40,17 @@ from .settings import (
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "GemmaForCausalLM")
+# Families whose decoder layers have `input_layernorm`, `self_attn.qkv_proj` and
+# `mlp.gate_up_proj` with PARA's meaning, each tested for exactness (tests/test_engine_families.py).
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
 _STATE_ATTR = "_para_frontend_state"
 
 
@@ -206,13 +216,19 @@ def _shorten(value, limit: int = 80) -> str:
 def check_request_params(vllm_config, params) -> int | None:
     """First half of admission, on the caller's params: refuse internal keys and
     malformed adapter names. Returns the trusted pooling length, if any."""
-    from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
     from vllm.sampling_params import SamplingParams
 
     extra = getattr(params, "extra_args", None)
     if not isinstance(params, SamplingParams) or not extra:
         return None
-    state = frontend_state(vllm_config)
+    return check_extra_args(frontend_state(vllm_config), extra)
+
+
+def check_extra_args(state: FrontendState | None, extra: dict) -> int | None:
+    """The PARA fields of a request's extra_args / vllm_xargs. Also called by the
+    HTTP layer before a response starts, so a streamed request gets its 4xx too."""
+    from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
+
     if state is None:
         if extra.get(REQUEST_ADAPTER_KEY) is not None:
             raise VLLMValidationError(

@@ -40,18 +40,16 @@ def _fake(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -> None:
 
 
 def _register() -> None:
-    from torch._library.infer_schema import infer_schema
+    from vllm.compilation.breakable_cudagraph import eager_break_during_capture
+    from vllm.utils.torch_utils import direct_register_custom_op
 
-    try:
-        from vllm.compilation.breakable_cudagraph import eager_break_during_capture
-
-        impl = eager_break_during_capture(compute_vectors)
-    except ImportError:  # pragma: no cover - older/newer vLLM layouts
-        impl = compute_vectors
-    _LIB.define("compute_vectors" + infer_schema(compute_vectors, mutates_args=["vectors"]))
-    for key in ("CPU", "CUDA"):
-        _LIB.impl("compute_vectors", impl, key)
-    _LIB._register_fake("compute_vectors", _fake)
+    direct_register_custom_op(
+        "compute_vectors",
+        eager_break_during_capture(compute_vectors),
+        mutates_args=["vectors"],
+        fake_impl=_fake,
+        target_lib=_LIB,
+    )
 
 
 _register()

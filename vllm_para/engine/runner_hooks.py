@@ -1,6 +1,9 @@
-"""The two places PARA joins vLLM's model runner (V1 `GPUModelRunner`, which
+"""The places PARA joins vLLM's model runner (V1 `GPUModelRunner`, which
 `CPUModelRunner` subclasses):
 
+- `load_model` (GPU and CPU runners): once vLLM has built and loaded its own
+  model, PARA wraps its decoder layers' modules and builds the side buffer,
+  slots and registry (like vLLM's `load_lora_model` step);
 - `_on_request_state_removed` (vLLM's hook for request-scoped side caches):
   the page of a finished or aborted request goes back to the free list;
 - `_model_forward`: before the forward, assign pages to tokens and plan the VG
@@ -18,6 +21,7 @@ import functools
 
 from .graph_guard import assert_step_not_full_graph, check_not_full_graph, current_cudagraph_mode
 from .runtime import runtime_of
+from .settings import PARASettings
 from .step_plan import set_plan
 
 
@@ -53,10 +57,33 @@ def _wrap_model_forward(original):
     return _model_forward
 
 
+def _wrap_load_model(original):
+    @functools.wraps(original)
+    def load_model(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        settings = PARASettings.from_additional_config(self.vllm_config.additional_config)
+        if settings is not None:
+            from .runtime import install_runtime
+
+            install_runtime(self.get_model(), self.vllm_config, settings, self.device)
+        return result
+
+    return load_model
+
+
 def install_runner_hooks() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from ..patching import wrap_attribute
+
+    wrap_attribute(GPUModelRunner, "load_model", _wrap_load_model)
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # pragma: no cover - builds without the CPU runner
+        pass
+    else:
+        if "load_model" in CPUModelRunner.__dict__:
+            wrap_attribute(CPUModelRunner, "load_model", _wrap_load_model)
 
     wrap_attribute(GPUModelRunner, "_on_request_state_removed", _wrap_request_removed)
     wrap_attribute(GPUModelRunner, "_model_forward", _wrap_model_forward)

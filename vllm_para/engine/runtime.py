@@ -24,6 +24,7 @@ import torch
 from ..config import ModelShape, PARAConfig
 from ..core import VGWeights, expand_to_all_targets
 from .adapter_slots import AdapterRegistry, AdapterSlots
+from .layers import WRAPPED, local_layers, wrap_layers
 from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, page_capacity
 from .step_plan import StepPlan, VGGroup
 from .tp_layout import RankLayout
@@ -43,10 +44,12 @@ def runtime_of(runner) -> "PARARuntime | None":
 
 
 class PARARuntime:
-    def __init__(self, registry: AdapterRegistry, slots: AdapterSlots, pages: VectorPages) -> None:
+    def __init__(self, registry: AdapterRegistry, slots: AdapterSlots, pages: VectorPages,
+                 layers: dict[str, Any] | None = None) -> None:
         self.registry = registry
         self.slots = slots
         self.pages = pages
+        self.layers = layers or {}  # what was wrapped (reported by stats)
 
     # ------------------------------------------------------------------ requests
     def release(self, req_ids) -> None:
@@ -64,6 +67,7 @@ class PARARuntime:
             "slots_resident": len(self.slots._resident),
             "adapter_host_bytes": self.registry.host_bytes,
             "adapter_device_bytes": self.slots.bytes_total,
+            "layers": self.layers,
         }
 
     # ---------------------------------------------------------------- adapters
@@ -146,13 +150,16 @@ class PARARuntime:
         return StepPlan(groups, fills)
 
 
-def host_weights_preparer(layout: RankLayout, pin: bool):
+def host_weights_preparer(layout: RankLayout, layers: tuple[int, int], pin: bool):
     """Registration-time transform of an adapter's VG weights into what a slot
-    holds: all five targets (missing ones = exact ones), this rank's slice,
-    float32, pinned for asynchronous copies on GPU."""
+    holds: all five targets (missing ones = exact ones), this pipeline rank's
+    layers, this tensor-parallel rank's slice, float32, pinned for
+    asynchronous copies on GPU."""
+    first, end = layers
 
     def prepare(weights: VGWeights, config: PARAConfig) -> VGWeights:
         full = expand_to_all_targets(weights, config)
+        full = VGWeights(full.down[first:end], full.up[first:end], full.up_bias[first:end])
         up, bias = full.up, full.up_bias
         if layout.shard_index is not None:
             index = layout.shard_index.cpu()
@@ -165,18 +172,20 @@ def host_weights_preparer(layout: RankLayout, pin: bool):
     return prepare
 
 
-def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings) -> PARARuntime:
-    """Build the side buffer and slots for `model` and switch its layers to PARA."""
+def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings, device) -> PARARuntime:
+    """After vLLM loaded `model`: build its side buffer, slots and registry and
+    wrap its decoder layers' PARA modules (engine/layers.py)."""
     from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
     hf_config = vllm_config.model_config.hf_config
+    text_config = getattr(hf_config, "text_config", None) or hf_config
     shape = ModelShape.from_hf_config(hf_config)
-    head_dim = shape.q_size // hf_config.num_attention_heads
+    head_dim = shape.q_size // text_config.num_attention_heads
     layout = RankLayout.build(shape, head_dim, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
-    device = torch.empty(0).device  # vLLM builds the model under its target-device context
+    first, end, _ = local_layers(model)
     sched = vllm_config.scheduler_config
     pages = VectorPages(
-        num_layers=shape.num_hidden_layers,
+        num_layers=end - first,  # this pipeline rank's layers only
         num_pages=page_capacity(settings, sched.max_num_seqs),  # = what the scheduler admits
         vector_width=layout.width,
         max_num_tokens=sched.max_num_batched_tokens,
@@ -184,18 +193,25 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings)
         device=device,
     )
     model.para_pages = pages
-    model.para_convert_layers(pages, layout)
+    wrap_layers(model, pages, layout.qkv_width, layout.width)
     # Read and validated once here; slot fills copy from this host copy, never from disk.
-    prepare = host_weights_preparer(layout, pin=torch.device(device).type == "cuda")
+    prepare = host_weights_preparer(layout, (first, end), pin=torch.device(device).type == "cuda")
     registry = AdapterRegistry(shape, settings.modules, max_rank=settings.max_rank, prepare_weights=prepare)
-    slots = AdapterSlots(registry, settings.max_adapters, settings.max_rank, layout.width, layout.shard_index, device)
-    runtime = PARARuntime(registry, slots, pages)
+    slots = AdapterSlots(registry, settings.max_adapters, settings.max_rank, layout.width, device,
+                         num_layers=end - first)
+    _, _, decoder_layers = local_layers(model)
+    wrapped = {
+        "first": first, "end": end, "wrapped": list(WRAPPED),
+        "decoder_layer_classes": sorted({f"{type(layer).__module__}.{type(layer).__name__}"
+                                         for layer in decoder_layers[first:end]}),
+    }
+    runtime = PARARuntime(registry, slots, pages, wrapped)
     model.para_runtime = runtime
     logger.info(
-        "PARA enabled: %d adapters registered %s (host memory %d bytes); side buffer %d bytes (%d pages x %d "
-        "bytes per sequence, %d layers x %d values); VG slots %d x rank %d = %d bytes",
-        len(registry.names()), registry.names(), registry.host_bytes, pages.bytes_total, pages.capacity,
-        pages.bytes_per_sequence, shape.num_hidden_layers, layout.width, settings.max_adapters, settings.max_rank,
-        slots.bytes_total,
+        "PARA enabled: %d adapters registered %s (host memory %d bytes); layers %d..%d wrapped; side buffer %d "
+        "bytes (%d pages x %d bytes per sequence, %d layers x %d values); VG slots %d x rank %d = %d bytes",
+        len(registry.names()), registry.names(), registry.host_bytes, first, end - 1, pages.bytes_total,
+        pages.capacity, pages.bytes_per_sequence, end - first, layout.width, settings.max_adapters,
+        settings.max_rank, slots.bytes_total,
     )
     return runtime

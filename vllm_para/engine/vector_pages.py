@@ -91,6 +91,6 @@ class VectorPages(torch.nn.Module):
             self._free.append(page)
 
     # ------------------------------------------------------------ forward side
-    def layer_vectors(self, layer: int, num_tokens: int) -> torch.Tensor:
-        """Per-token vectors of one layer for the current step: [num_tokens, width]."""
-        return self.vectors[layer].index_select(0, self.token_pages[:num_tokens])
+    def gather(self, layer: int, start: int, end: int, num_tokens: int) -> torch.Tensor:
+        """Per-token vectors `[start:end]` of one (local) layer for the current step: [num_tokens, end - start]."""
+        return self.vectors[layer, :, start:end].index_select(0, self.token_pages[:num_tokens])

@@ -9,7 +9,7 @@ import functools
 from http import HTTPStatus
 
 from ..engine.frontend import frontend_registry
-from ..engine.settings import REQUEST_ADAPTER_KEY, adapter_name_problem
+from ..engine.settings import REQUEST_ADAPTER_KEY
 
 # The PARA adapter the current HTTP request selected (each request runs in its own task):
 # by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
@@ -62,25 +62,25 @@ def wrap_check_model(original):
 def wrap_maybe_get_adapters(original):
     @functools.wraps(original)
     def _maybe_get_adapters(self, request, *args, **kwargs):
-        from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
+        from vllm.exceptions import VLLMValidationError
 
+        from ..engine.frontend import check_extra_args, frontend_state
+
+        client = getattr(self.models, "engine_client", None)
+        state = frontend_state(getattr(client, "vllm_config", None))
         name = _para_name(self, request.model)
         _selected_adapter.set(name)
         _requested_adapter.set(name)
+        xargs = getattr(request, "vllm_xargs", None)
+        if state is not None and isinstance(xargs, dict):
+            # The engine's admission checks this again; checking here too answers a
+            # streamed request with a 4xx before its stream starts.
+            check_extra_args(state, xargs)
         if name is None:
-            registry = models_registry(self.models)
-            xargs = getattr(request, "vllm_xargs", None)
-            chosen = xargs.get(REQUEST_ADAPTER_KEY) if isinstance(xargs, dict) and registry is not None else None
+            chosen = xargs.get(REQUEST_ADAPTER_KEY) if isinstance(xargs, dict) and state is not None else None
             if chosen is not None:  # base model + vllm_xargs.para_adapter: beam search must know it too
-                problem = adapter_name_problem(chosen)
-                if problem:
-                    raise VLLMValidationError(f"vllm_xargs.{REQUEST_ADAPTER_KEY} is invalid: it {problem}.",
-                                              parameter="vllm_xargs")
-                if chosen not in registry:
-                    raise VLLMNotFoundError(registry.unknown_message(chosen))
                 _requested_adapter.set(chosen)
             return original(self, request, *args, **kwargs)
-
         if not hasattr(request, "vllm_xargs"):
             raise VLLMValidationError(f"PARA adapter {name!r} serves text generation only.", parameter="model")
         chosen = (request.vllm_xargs or {}).get(REQUEST_ADAPTER_KEY)
