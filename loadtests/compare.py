@@ -1,18 +1,26 @@
-"""PARA vs vLLM multi-LoRA vs the base model under the same mixed-tenant load.
+"""PARA vs vLLM multi-LoRA vs the base model under the same mixed-tenant load, ABBA protocol.
 
     python -m loadtests.compare --mode small                 # minutes, CPU is fine
-    python -m loadtests.compare --mode full                  # the real comparison
-    python -m loadtests.compare --mode small --systems base,para --concurrency 1,2 --requests 4
+    python -m loadtests.compare --mode full --dtype bfloat16 # the real comparison (hours on 2 cores)
+    python -m loadtests.compare --mode small --systems base,para --concurrency 1,2 --requests 4 --rounds 3
 
-For each system in turn it starts `vllm serve` on 127.0.0.1 with the same base model
-and engine settings, warms it up, runs Locust headless for a fixed number of
-requests at each concurrency level, stops the server and moves on. Results land in
-`loadtests/results/<run-id>/`: Locust CSVs and logs, summary.csv, report.md and PNG plots.
+Systems run one at a time (never two servers up at once) in ABBA order: round r runs
+them forward when r is even and reversed when r is odd (`base para | para base | ...`),
+for --rounds measured rounds (>= 3 for a valid run; see loadtests/protocol.py). Each
+server is warmed up (one request per model, then a short unmeasured load at every
+level) before its first measured slot. With --reuse adjacent (small mode's default)
+the two adjacent slots of the same system at a round boundary share one server. Each measured
+slot runs Locust headless for a fixed number of requests at each concurrency level.
+Results land in `loadtests/results/<run-id>/`: rounds.csv (every measurement, warm-up
+flagged), summary.csv (per-system medians and min-max), ratios.csv (per-round ratios,
+their median and min-max), servers.csv (when each server was up), report.md with
+pass/fail targets, PNG plots, Locust CSVs and server logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import tempfile
@@ -21,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import adapters as ad
+from . import protocol as P
 from .locust_runner import LoadSpec, run_locust, summarize
-from .report import write_plots, write_report, write_summary
+from .report import write_plots, write_ratios, write_report, write_rounds, write_summary
 from vllm_para.serve_process import VLLMServer
 from .traffic import DISTRIBUTIONS
 
 SYSTEMS = ("base", "para", "lora-matched", "lora16")
+DTYPES = ("float32", "bfloat16")
 BASE_NAME = "base"  # --served-model-name of the base model on every server
 
 
@@ -38,20 +48,27 @@ class Mode:
     requests: int
     prompt_words: int
     max_tokens: int
+    rounds: int
+    reuse: bool  # default of --reuse: adjacent (True) or never
 
 
 MODES = {
     "small": Mode(ad.ModelSpec(128, 256, 2, 2, 1), adapters=4, concurrency=(1, 4), requests=8,
-                  prompt_words=16, max_tokens=16),
+                  prompt_words=16, max_tokens=16, rounds=3, reuse=True),
     "full": Mode(ad.ModelSpec(1024, 2816, 4, 16, 4), adapters=8, concurrency=(1, 4, 16), requests=48,
-                 prompt_words=64, max_tokens=64),
+                 prompt_words=64, max_tokens=64, rounds=4, reuse=False),
 }
 
 
-def engine_flags(seed: int) -> list[str]:
+def engine_flags(seed: int, dtype: str = "float32") -> list[str]:
     """Engine settings shared by every system, so only the adapter method differs."""
-    return ["--served-model-name", BASE_NAME, "--dtype", "float32", "--max-model-len", "512",
+    return ["--served-model-name", BASE_NAME, "--dtype", dtype, "--max-model-len", "512",
             "--max-num-seqs", "32", "--seed", str(seed)]
+
+
+def phase_seed(seed: int, round_: int, level_index: int, warmup: bool = False) -> int:
+    """Traffic seed of one load phase: a function of (seed, round, level), never of the system."""
+    return seed * 1_000_000 + (round_ + 500) * 1000 + (500 if warmup else 0) + level_index
 
 
 @dataclass
@@ -110,6 +127,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zipf-exponent", type=float, default=1.0)
     p.add_argument("--beam-search", action="store_true", help="beam search (width 3, not streamed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="--dtype of every server")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"measured ABBA rounds (default: the mode's; >= {P.MIN_ROUNDS} for a valid run)")
+    p.add_argument("--warmup-rounds", type=int, default=0, help="whole unmeasured rounds before round 0")
+    p.add_argument("--warmup-requests", type=int, default=None,
+                   help="requests of the unmeasured load at each level when a server starts "
+                        "(default: max(2, concurrency); 0: only one request per model)")
+    p.add_argument("--reuse", choices=("adjacent", "never"), default=None,
+                   help="adjacent: the two adjacent slots of one system at a round boundary share a server "
+                        "(balanced for an odd number of rounds); never: a fresh server for every slot "
+                        "(default: small adjacent, full never)")
+    p.add_argument("--label", default=None, help="a line quoted at the top of report.md (e.g. 'protocol smoke run')")
+    p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to report.md (analysis)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).with_name("results"))
     p.add_argument("--run-id", default=None, help="results sub-folder (default: <mode>-<timestamp>)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -142,6 +172,11 @@ class Plan:
     seed: int
     run_time_s: int
     startup_timeout_s: int
+    dtype: str = "float32"
+    rounds: int = 3
+    warmup_rounds: int = 0
+    warmup_requests: int | None = None
+    reuse: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Plan":
@@ -150,15 +185,20 @@ class Plan:
         return cls(args.mode, m.model, tuple(args.systems), levels, args.requests or m.requests,
                    args.adapters or m.adapters, args.prompt_words or m.prompt_words, args.max_tokens or m.max_tokens,
                    args.distribution, args.zipf_exponent, args.beam_search, args.seed, args.run_time,
-                   args.startup_timeout)
+                   args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
+                   args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent")
 
-    def load(self, concurrency: int, models: tuple[str, ...]) -> LoadSpec:
-        return LoadSpec(concurrency=concurrency, total_requests=self.requests, max_tokens=self.max_tokens,
-                        prompt_words=self.prompt_words, models=models, distribution=self.distribution,
-                        zipf_exponent=self.zipf_exponent, seed=self.seed, beam_search=self.beam_search,
-                        run_time_s=self.run_time_s)
+    def load(self, concurrency: int, models: tuple[str, ...], round_: int, warmup: bool = False,
+             requests: int | None = None) -> LoadSpec:
+        """The phase (round, level) sends the same seeded requests on every system; different phases
+        send different prompts, so no phase is served from another phase's prefix cache."""
+        return LoadSpec(concurrency=concurrency, total_requests=requests or self.requests,
+                        max_tokens=self.max_tokens, prompt_words=self.prompt_words, models=models,
+                        distribution=self.distribution, zipf_exponent=self.zipf_exponent,
+                        seed=phase_seed(self.seed, round_, self.levels.index(concurrency), warmup),
+                        beam_search=self.beam_search, run_time_s=self.run_time_s)
 
-    def meta(self) -> dict:
+    def meta(self, slots: list[P.Slot]) -> dict:
         m = self.model
         traffic = self.distribution + (f" (s={self.zipf_exponent})" if self.distribution == "zipf" else "")
         traffic += f", {self.prompt_words}-word prompts, {self.max_tokens} output tokens (ignore_eos), "
@@ -171,7 +211,16 @@ class Plan:
             "adapters per system": self.adapters, "traffic": traffic,
             "requests per concurrency level": self.requests, "concurrency levels": list(self.levels),
             "seed": self.seed,
-            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed))}`, VLLM_CPU_KVCACHE_SPACE=1",
+            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype))}`, "
+                                          "VLLM_CPU_KVCACHE_SPACE=1",
+            "protocol": f"ABBA, {self.rounds} measured round(s)"
+                        + (f" after {self.warmup_rounds} warm-up round(s)" if self.warmup_rounds else "")
+                        + ", one server at a time; every fresh server gets one request per model and "
+                        + (f"{self.warmup_requests}" if self.warmup_requests is not None else "max(2, c)")
+                        + " unmeasured requests at each level c before its first measured slot; "
+                        + ("adjacent slots of one system share a server (`*`)" if self.reuse
+                           else "a fresh server for every slot"),
+            "order": f"`{P.order_string(slots)}` ({len(P.lives(slots))} server starts)",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
             "systems": {},
         }
@@ -180,41 +229,84 @@ class Plan:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     plan = Plan.from_args(args)
-    run_dir = args.out_dir / (args.run_id or f"{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = args.out_dir / (args.run_id or f"{plan.mode}-{plan.dtype}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta, rows = plan.meta(), []
+    notes = args.notes.read_text() if args.notes else None
+    slots = P.schedule(plan.systems, plan.rounds, plan.warmup_rounds, reuse=plan.reuse)
+    meta = plan.meta(slots)
+    if args.label:
+        meta["banner"] = args.label
+    _log(f"ABBA schedule ({len(P.lives(slots))} server starts): {P.order_string(slots)}")
+    measurements: list[P.Measurement] = []
+    timeline: list[dict] = []
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vllm_para_loadtest_") as tmp:
         work = args.work_dir or Path(tmp)
         _log(f"building the base model in {work}")
         base = ad.build_base(plan.model, work / "base")
-        for system in plan.systems:
-            rows += run_system(system, plan, base, work, run_dir, meta)
-            write_all(rows, meta, run_dir)  # keep partial results if a later system fails
+        setups = {}
+        for system in plan.systems:  # every adapter is built before any server starts
+            _log(f"[{system}] building adapters")
+            setups[system] = setup_system(system, base, work, plan.adapters, plan.seed)
+            meta["systems"][system] = {
+                "adapters": 0 if system == "base" else len(setups[system].models), "params": setups[system].params,
+                "flags": " ".join(_shorten(f, work) for f in setups[system].flags) or "(none)", "startup_s": "-"}
+        for i, life in enumerate(P.lives(slots)):
+            measurements += run_life(i, life, plan, base, setups[life[0].system], run_dir, timeline, t0)
+            _startup_medians(meta, timeline)
+            write_all(measurements, meta, run_dir, timeline, notes)  # keep partial results if a later slot fails
     _log(f"done: {run_dir / 'report.md'}")
     return run_dir
 
 
-def run_system(system: str, plan: Plan, base: Path, work: Path, run_dir: Path, meta: dict) -> list[dict]:
-    """Serve one system, warm it up, load it at each concurrency level, stop it."""
-    _log(f"[{system}] building adapters")
-    setup = setup_system(system, base, work, plan.adapters, plan.seed)
-    rows = []
-    _log(f"[{system}] starting vllm serve")
-    with VLLMServer(base, engine_flags(plan.seed) + setup.flags, run_dir / "logs" / f"{system}_server.log",
-                    startup_timeout=plan.startup_timeout_s) as srv:
+def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "SystemSetup", run_dir: Path,
+             timeline: list[dict], t0: float) -> list[P.Measurement]:
+    """Start one server, warm it up (not measured), run the slots that share it, stop it."""
+    system = life[0].system
+    out: list[P.Measurement] = []
+    entry = {"life": index, "system": system, "slots": " ".join(str(s.index) for s in life),
+             "rounds": " ".join(str(s.round) for s in life), "start_s": round(time.monotonic() - t0, 3)}
+    _log(f"[{system}] server {index}: starting vllm serve for slot(s) {entry['slots']} (round(s) {entry['rounds']})")
+    srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype) + setup.flags,
+                     run_dir / "logs" / f"{system}_server{index}.log", startup_timeout=plan.startup_timeout_s)
+    try:
+        srv.start()
+        entry["healthy_s"], entry["startup_s"] = round(time.monotonic() - t0, 3), round(srv.startup_s, 1)
         _log(f"[{system}] healthy after {srv.startup_s:.0f}s at {srv.url}; warming up")
         srv.warm_up(list(setup.models))
-        for c in plan.levels:
-            records = run_locust(srv.url, plan.load(c, setup.models), run_dir / "locust" / f"{system}_c{c}")
-            row = {"system": system, "concurrency": c, **summarize(records, plan.max_tokens)}
-            _log(f"[{system}] c={c}: {row['requests']} requests, {row['failures']} failed, "
-                 f"{row['output_tokens_per_s']:.1f} output tok/s, TTFT p50 {_ms(row['ttft_p50'])}, "
-                 f"ITL p50 {_ms(row['itl_p50'])}")
-            rows.append(row)
-    meta["systems"][system] = {"adapters": 0 if system == "base" else len(setup.models), "params": setup.params,
-                               "flags": " ".join(_shorten(f, work) for f in setup.flags) or "(none)",
-                               "startup_s": f"{srv.startup_s:.0f}"}
-    return rows
+        first = life[0]
+        for c in plan.levels:  # warm-up load: recorded with warmup=True, never summarized
+            n = plan.warmup_requests if plan.warmup_requests is not None else max(2, c)
+            if n:
+                spec = plan.load(c, setup.models, first.round, warmup=True, requests=n)
+                rec = run_locust(srv.url, spec, run_dir / "locust" / f"{system}_s{first.index}_warmup_c{c}")
+                out.append(P.Measurement(first.round, system, c, summarize(rec, plan.max_tokens), warmup=True,
+                                         slot=first.index, fresh=True))
+        for slot in life:
+            for c in plan.levels:
+                tag = f"{system}_r{slot.round}_c{c}" if not slot.warmup else f"{system}_w{-slot.round}_c{c}"
+                rec = run_locust(srv.url, plan.load(c, setup.models, slot.round), run_dir / "locust" / tag)
+                m = P.Measurement(slot.round, system, c, summarize(rec, plan.max_tokens), warmup=slot.warmup,
+                                  slot=slot.index, fresh=slot.fresh)
+                row = m.metrics
+                _log(f"[{system}] {'warm-up ' if slot.warmup else ''}round {slot.round} c={c}: {row['requests']} "
+                     f"requests, {row['failures']} failed, {row['output_tokens_per_s']:.1f} output tok/s, "
+                     f"TTFT p50 {_ms(row['ttft_p50'])}, ITL p50 {_ms(row['itl_p50'])}")
+                out.append(m)
+    finally:
+        srv.stop()
+        entry["stop_s"] = round(time.monotonic() - t0, 3)
+        timeline.append(entry)
+    return out
+
+
+def _startup_medians(meta: dict, timeline: list[dict]) -> None:
+    for system, info in meta["systems"].items():
+        starts = [e["startup_s"] for e in timeline if e["system"] == system and "startup_s" in e]
+        if starts:
+            s = P.spread(starts)
+            info["startup_s"] = f"{s.median:.0f}" + (f" ({len(starts)} starts, {s.lo:.0f}-{s.hi:.0f})"
+                                                     if len(starts) > 1 else "")
 
 
 def _ms(value: float | None) -> str:
@@ -225,10 +317,20 @@ def _shorten(flag: str, work: Path) -> str:
     return flag.split("=", 1)[0] + "=..." if "=" in flag and str(work) in flag else flag
 
 
-def write_all(rows: list[dict], meta: dict, run_dir: Path) -> None:
-    write_summary(rows, run_dir / "summary.csv")
-    write_plots(rows, run_dir)
-    write_report(rows, meta, run_dir / "report.md")
+TIMELINE_FIELDS = ["life", "system", "slots", "rounds", "start_s", "healthy_s", "startup_s", "stop_s"]
+
+
+def write_all(ms: list[P.Measurement], meta: dict, run_dir: Path, timeline: list[dict],
+              notes: str | None = None) -> None:
+    write_rounds(ms, run_dir / "rounds.csv")
+    write_summary(ms, run_dir / "summary.csv")
+    write_ratios(ms, run_dir / "ratios.csv")
+    with open(run_dir / "servers.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TIMELINE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(timeline)
+    write_plots(ms, run_dir)
+    write_report(ms, meta, run_dir / "report.md", notes)
 
 
 def _log(msg: str) -> None:
