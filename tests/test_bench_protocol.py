@@ -263,6 +263,7 @@ def test_decode_step_para_with_unit_vectors_and_lora_with_zero_b_equal_base(deco
         assert torch.equal(model.step(state, "para-1gather"), base)
         model.set_lora_b(zero=True)
         assert torch.equal(model.step(state, "lora"), base)
+        assert torch.equal(model.step(state, "lora-bgmv"), base)
         model.set_para_vectors(ones=False)
         model.set_lora_b(zero=False)
         assert not torch.allclose(model.step(state, "para"), base)
@@ -274,16 +275,18 @@ def test_decode_step_variants_match_naive_per_sequence_weights(decode):
     import torch
 
     cfg = decode.Shape.small()
-    model = decode.DecodeModel(cfg, torch.device("cpu"), torch.float32, max_batch=4, ctx=8, seed=1)
-    state = model.make_inputs(4, seed=2)
+    model = decode.DecodeModel(cfg, torch.device("cpu"), torch.float32, max_batch=6, ctx=8, seed=1,
+                               lora_adapters=4)
+    state = model.make_inputs(6, seed=2)  # tokens 0 and 4 share an adapter, pages all differ
     para, para1 = model.step(state, "para"), model.step(state, "para-1gather")
-    lora = model.step(state, "lora")
+    sgmv, bgmv = model.step(state, "lora"), model.step(state, "lora-bgmv")
     assert torch.allclose(para, para1, atol=0, rtol=0)
-    for b in range(4):
+    assert torch.allclose(sgmv, bgmv, atol=1e-5, rtol=1e-5)
+    for b in range(6):
         ref_p = model.naive_step(state, b, "para")
         ref_l = model.naive_step(state, b, "lora")
         assert torch.allclose(para[b], ref_p, atol=1e-4, rtol=1e-4)
-        assert torch.allclose(lora[b], ref_l, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(sgmv[b], ref_l, atol=1e-4, rtol=1e-4)
 
 
 def test_decode_step_cli_small_cpu(decode, tmp_path):
@@ -293,4 +296,4 @@ def test_decode_step_cli_small_cpu(decode, tmp_path):
     assert out.exists()
     assert {r["batch"] for r in result["rows"]} == {1, 4}
     for r in result["rows"]:
-        assert r["para/base"]["median"] > 0 and r["lora/base"]["median"] > 0
+        assert r["para/base"]["median"] > 0 and r["lora/base"]["median"] > 0 and r["lora-bgmv/base"]["median"] > 0

@@ -15,13 +15,18 @@ lm_head) on the same weights and inputs; only the adapter work differs:
     para-1gather  one gather of all layers' vectors per step, then per-layer strided views
     para-compiled (--compile) the per-layer gather+scale as one torch.compile'd (Triton on
                   CUDA) kernel: the vectors are read once, never materialized
-    lora          multi-LoRA r=16 on every linear layer (qkv, o, gate_up, down), BGMV-style:
-                  per-token gather of A and B (index_select) + bmm shrink + bmm expand
-                  (materializes the gathered A/B, so it is a bit slower than punica's kernels)
+    lora          multi-LoRA r=16 on every linear layer (qkv, o, gate_up, down), SGMV-style
+                  without data-dependent shapes: shrink x against every resident adapter's A
+                  at once, zero the columns of other adapters (one-hot mask per token),
+                  expand against the stacked B: every resident adapter's weights are read
+                  once per step, as a segmented (SGMV) kernel reads them
+    lora-bgmv     the same LoRA, BGMV-style: per-token gather of A and B (index_select) +
+                  bmm shrink + bmm expand (reads one adapter per token, but materializes the
+                  gathered copies); the better of the two is the fair LoRA figure
 
-The side buffer holds vectors for `--pages` (default 65: 64 sequences + the all-ones
-page 0); LoRA holds `--lora-adapters` (default 64) adapters; token b uses page/adapter
-1 + b % n. On CUDA each (variant, batch) step is captured once in a CUDA graph and
+The side buffer holds vectors for 65 pages (64 sequences + the all-ones page 0); LoRA
+holds `--lora-adapters` (default 8, like the load tests and a typical --max-loras)
+resident adapters; token b uses page 1 + b % 64 and adapter b % n. On CUDA each (variant, batch) step is captured once in a CUDA graph and
 replayed; timing uses CUDA events over `--iters` replays. Variants are timed in ABBA
 rounds (loadtests/protocol.py: forward order on even rounds, reversed on odd), and the
 ratios (variant / base step time) are medians [min-max] of per-round ratios.
@@ -50,7 +55,7 @@ if str(ROOT) not in sys.path:
 from loadtests import protocol as P  # noqa: E402  (pure Python)
 
 TARGET = 1.02
-VARIANTS = ("base", "para", "para-1gather", "lora")
+VARIANTS = ("base", "para", "para-1gather", "lora", "lora-bgmv")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class State:
     tokens: torch.Tensor  # [B]
     page: torch.Tensor  # [B] side-buffer page of each token (0 = all ones)
     adapter: torch.Tensor  # [B] LoRA adapter of each token
+    onehot: torch.Tensor  # [B, n_adapters] 1 at each token's adapter (the SGMV-style mask)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -110,7 +116,7 @@ def _scale_gathered(out: torch.Tensor, vec: torch.Tensor, idx: torch.Tensor) -> 
 
 class DecodeModel:
     def __init__(self, shape: Shape, device: torch.device, dtype: torch.dtype, max_batch: int = 64, ctx: int = 512,
-                 seed: int = 0, pages: int | None = None, lora_adapters: int = 64, rank: int = 16,
+                 seed: int = 0, pages: int | None = None, lora_adapters: int = 8, rank: int = 16,
                  compile_epilogue: bool = False) -> None:
         self.s, self.device, self.dtype, self.ctx, self.rank = shape, device, dtype, ctx, rank
         self.max_batch = max_batch
@@ -145,16 +151,17 @@ class DecodeModel:
         self.vec = torch.empty(self.pages, L, self.vec_width, device=device, dtype=dtype)
         self._gen = g
         self.set_para_vectors(ones=False)
-        # LoRA weights, per layer: A [n, in, r*slices], B per output slice [n, r, out]
+        # LoRA weights, per layer: A [in, n, r*slices] (so A.view(in, n*r*slices) is every adapter's
+        # shrink at once), B per output slice [n, r, out] (B.view(n*r, out): every adapter's expand)
         r, n = rank, lora_adapters
         self.lora = []
         for _ in range(L):
             self.lora.append({
-                "A_qkv": rand(n, h, 3 * r, std=h ** -0.5), "B_qkv": [rand(n, r, o, std=0.1 / r)
+                "A_qkv": rand(h, n, 3 * r, std=h ** -0.5), "B_qkv": [rand(n, r, o, std=0.1 / r)
                                                                    for o in (s.q_size, s.kv_size, s.kv_size)],
-                "A_o": rand(n, s.q_size, r, std=s.q_size ** -0.5), "B_o": [rand(n, r, h, std=0.1 / r)],
-                "A_gu": rand(n, h, 2 * r, std=h ** -0.5), "B_gu": [rand(n, r, i, std=0.1 / r) for _ in range(2)],
-                "A_d": rand(n, i, r, std=i ** -0.5), "B_d": [rand(n, r, h, std=0.1 / r)],
+                "A_o": rand(s.q_size, n, r, std=s.q_size ** -0.5), "B_o": [rand(n, r, h, std=0.1 / r)],
+                "A_gu": rand(h, n, 2 * r, std=h ** -0.5), "B_gu": [rand(n, r, i, std=0.1 / r) for _ in range(2)],
+                "A_d": rand(i, n, r, std=i ** -0.5), "B_d": [rand(n, r, h, std=0.1 / r)],
             })
         self._lora_b_saved = None
         self._scale = torch.compile(_scale_gathered, dynamic=True) if compile_epilogue else _scale_gathered
@@ -193,7 +200,8 @@ class DecodeModel:
         b = torch.arange(batch)
         page = (1 + b % (self.pages - 1)).to(self.device)
         adapter = (b % self.n_lora).to(self.device)
-        return State(batch, tokens, page, adapter)
+        onehot = F.one_hot(adapter, self.n_lora).to(self.dtype)
+        return State(batch, tokens, page, adapter, onehot)
 
     # ------------------------------------------------------------ the step
 
@@ -211,7 +219,9 @@ class DecodeModel:
             o_fn, d_fn = self._base_fns()[1], self._base_fns()[3]
             return self._forward(st, slice(0, st.batch), qkv_fn, o_fn, gu_fn, d_fn)
         if variant == "lora":
-            return self._forward(st, slice(0, st.batch), *self._lora_fns(st.adapter))
+            return self._forward(st, slice(0, st.batch), *self._lora_fns(self._sgmv(st.onehot)))
+        if variant == "lora-bgmv":
+            return self._forward(st, slice(0, st.batch), *self._lora_fns(self._bgmv(st.adapter)))
         raise ValueError(f"unknown variant {variant!r}")
 
     def _base_fns(self):
@@ -226,11 +236,14 @@ class DecodeModel:
         base = self._base_fns()
         return qkv_fn, base[1], gu_fn, base[3]
 
-    def _lora_fns(self, adapter: torch.Tensor):
-        def lora(out, x, A, Bs, idx):
-            a = A.index_select(0, idx)  # [B, in, r*k]
+    def _bgmv(self, idx: torch.Tensor):
+        """out += x A_i B_i per token i, gathering each token's A and B."""
+        r = self.rank
+
+        def lora(out, x, A, Bs):
+            a = A.permute(1, 0, 2).index_select(0, idx)  # [B, in, r*k]
             t = torch.bmm(x.unsqueeze(1), a)  # [B, 1, r*k]  shrink
-            r, col = self.rank, 0
+            col = 0
             for j, Bw in enumerate(Bs):  # expand, one output slice at a time
                 b = Bw.index_select(0, idx)  # [B, r, out_j]
                 width = Bw.shape[-1]
@@ -238,11 +251,31 @@ class DecodeModel:
                 col += width
             return out
 
+        return lora
+
+    def _sgmv(self, onehot: torch.Tensor):
+        """out += x A_i B_i per token i, reading every resident adapter once: shrink against all
+        adapters, mask to the token's own, expand against all (static shapes, graph-safe)."""
+        r, n = self.rank, self.n_lora
+
+        def lora(out, x, A, Bs):
+            k = len(Bs)
+            t = (x @ A.view(A.shape[0], -1)).view(-1, n, k, r) * onehot[:, :, None, None]  # shrink + mask
+            col = 0
+            for j, Bw in enumerate(Bs):
+                width = Bw.shape[-1]
+                out[:, col:col + width] += t[:, :, j].reshape(-1, n * r) @ Bw.view(n * r, width)  # expand
+                col += width
+            return out
+
+        return lora
+
+    def _lora_fns(self, lora):
         lay = self.lora
-        return (lambda l, x: lora(F.linear(x, self.wqkv[l]), x, lay[l]["A_qkv"], lay[l]["B_qkv"], adapter),
-                lambda l, x: lora(F.linear(x, self.wo[l]), x, lay[l]["A_o"], lay[l]["B_o"], adapter),
-                lambda l, x: lora(F.linear(x, self.wgu[l]), x, lay[l]["A_gu"], lay[l]["B_gu"], adapter),
-                lambda l, x: lora(F.linear(x, self.wd[l]), x, lay[l]["A_d"], lay[l]["B_d"], adapter))
+        return (lambda l, x: lora(F.linear(x, self.wqkv[l]), x, lay[l]["A_qkv"], lay[l]["B_qkv"]),
+                lambda l, x: lora(F.linear(x, self.wo[l]), x, lay[l]["A_o"], lay[l]["B_o"]),
+                lambda l, x: lora(F.linear(x, self.wgu[l]), x, lay[l]["A_gu"], lay[l]["B_gu"]),
+                lambda l, x: lora(F.linear(x, self.wd[l]), x, lay[l]["A_d"], lay[l]["B_d"]))
 
     def _forward(self, st: State, rows: slice, qkv_fn, o_fn, gu_fn, d_fn) -> torch.Tensor:
         s = self.s
@@ -280,12 +313,12 @@ class DecodeModel:
             if variant == "para":
                 wqkv = wqkv * self.vec[page, l, :q][:, None]
                 wgu = wgu * self.vec[page, l, q:][:, None]
-            elif variant == "lora":
+            elif variant.startswith("lora"):
                 lay = self.lora[l]
 
                 def fold(w, A, Bs):
                     r = self.rank
-                    delta = torch.cat([A[ad][:, j * r:(j + 1) * r] @ Bw[ad] for j, Bw in enumerate(Bs)], dim=1)
+                    delta = torch.cat([A[:, ad, j * r:(j + 1) * r] @ Bw[ad] for j, Bw in enumerate(Bs)], dim=1)
                     return w + delta.T
 
                 wqkv = fold(wqkv, lay["A_qkv"], lay["B_qkv"])
@@ -295,7 +328,7 @@ class DecodeModel:
             return wqkv, wo, wgu, wd
 
         ws = [weights(l) for l in range(s.layers)]
-        one = State(1, st.tokens[rows], st.page[rows], st.adapter[rows])
+        one = State(1, st.tokens[rows], st.page[rows], st.adapter[rows], st.onehot[rows])
         return self._forward(one, rows, lambda l, x: F.linear(x, ws[l][0]), lambda l, x: F.linear(x, ws[l][1]),
                              lambda l, x: F.linear(x, ws[l][2]), lambda l, x: F.linear(x, ws[l][3]))[0]
 
@@ -354,7 +387,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--batches", default="1,2,4,8,16,32,64")
     p.add_argument("--ctx", type=int, default=None, help="KV-cache positions per sequence (default 512; small 16)")
-    p.add_argument("--lora-adapters", type=int, default=64)
+    p.add_argument("--lora-adapters", type=int, default=8, help="resident LoRA adapters (tokens spread over them)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--iters", type=int, default=50, help="steps per timing")
     p.add_argument("--rounds", type=int, default=5, help="ABBA rounds over the variants")
