@@ -24,10 +24,11 @@ lm_head) on the same weights and inputs; only the adapter work differs:
                   bmm shrink + bmm expand (reads one adapter per token, but materializes the
                   gathered copies); the better of the two is the fair LoRA figure
 
-The side buffer holds vectors for 65 pages (64 sequences + the all-ones page 0); LoRA
-holds `--lora-adapters` (default 8, like the load tests and a typical --max-loras)
-resident adapters; token b uses page 1 + b % 64 and adapter b % n. On CUDA each (variant, batch) step is captured once in a CUDA graph and
-replayed; timing uses CUDA events over `--iters` replays. Variants are timed in ABBA
+The side buffer holds vectors for max-batch + 1 pages (65: 64 sequences + the all-ones
+page 0); LoRA holds `--lora-adapters` (default 8, like the load tests and a typical
+--max-loras) resident adapters; token b uses page 1 + b % 64 and adapter b % n. On CUDA
+each (variant, batch) step is captured once in a CUDA graph and replayed; timing uses
+CUDA events over `--iters` replays. Variants are timed in ABBA
 rounds (loadtests/protocol.py: forward order on even rounds, reversed on odd), and the
 ratios (variant / base step time) are medians [min-max] of per-round ratios.
 Target: PARA/base <= 1.02 at every batch size.
@@ -390,7 +391,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-adapters", type=int, default=8, help="resident LoRA adapters (tokens spread over them)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--iters", type=int, default=50, help="steps per timing")
-    p.add_argument("--rounds", type=int, default=5, help="ABBA rounds over the variants")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="ABBA rounds over the variants (even: each variant equally often early and late)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--compile", action="store_true",
                    help="add the para-compiled variant (torch.compile'd gather+scale; Triton on CUDA)")
