@@ -142,6 +142,10 @@ class _CallState:
         self.starts = [s for s in self.starts for _ in range(k)]
         self.ends = [e for e in self.ends for _ in range(k)]
 
+    def fresh(self) -> "_CallState":
+        """The same rows and prompts with no vectors yet (a checkpointed layer's recompute)."""
+        return _CallState(list(self.adapters), list(self.starts), list(self.ends), self.seq_len)
+
 
 class PARAReferenceModel(nn.Module):
     """An HF causal LM with PARA adapters applied by hooks (see module docstring)."""
@@ -256,6 +260,14 @@ class PARAReferenceModel(nn.Module):
                 f"but layer {layer_idx} sees {S}"
             )
         flat = hidden.reshape(B * S, H)
+        # The VG runs in float32 (core.vg_forward) also under mixed-precision autocast, as vLLM runs it.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._vectors_fp32(layer_idx, hidden, flat, state)
+
+    def _vectors_fp32(
+        self, layer_idx: int, hidden: torch.Tensor, flat: torch.Tensor, state: _CallState
+    ) -> dict[str, torch.Tensor]:
+        B, S = hidden.shape[:2]
         rows_by_target: dict[str, list[torch.Tensor | None]] = {t: [None] * B for t in TARGET_ORDER}
         groups: dict[str, list[int]] = {}
         for b, name in enumerate(state.adapters):
@@ -313,8 +325,71 @@ class PARAReferenceModel(nn.Module):
             ends.append(e)
         return starts, ends
 
+    @staticmethod
+    def _explicit_spans(
+        attention_mask: torch.Tensor, prompt_spans: Sequence[Sequence[int]] | torch.Tensor
+    ) -> tuple[list[int], list[int]]:
+        """`prompt_spans[b] = (start, end)`: row b's prompt is positions [start, end) of
+        the padded row (whatever the padding side); every one must be a real token."""
+        mask = attention_mask.bool().cpu()
+        B, S = mask.shape
+        spans = prompt_spans.tolist() if isinstance(prompt_spans, torch.Tensor) else [list(x) for x in prompt_spans]
+        if len(spans) != B or any(len(x) != 2 for x in spans):
+            raise ValueError(f"prompt_spans must be {B} (start, end) pairs, got {spans}")
+        starts, ends = [], []
+        for b, (s, e) in enumerate(spans):
+            s, e = int(s), int(e)
+            if not 0 <= s < e <= S or not bool(mask[b, s:e].all()):
+                raise ValueError(f"row {b}: prompt span [{s}, {e}) is not a run of real tokens")
+            starts.append(s)
+            ends.append(e)
+        return starts, ends
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    # ------------------------------------------------- gradient checkpointing
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """HF gradient checkpointing of the base model's decoder layers, made PARA-aware:
+        a layer's recompute (in backward) runs under the rows and prompts of the call
+        that checkpointed it and recomputes that layer's vectors the same way, so the
+        VG parameters get the gradients they get without checkpointing. Non-reentrant
+        checkpointing only (the base is frozen: no input of a layer needs grad)."""
+        kw = dict(gradient_checkpointing_kwargs or {})
+        if kw.get("use_reentrant", False):
+            raise ValueError("PARA supports non-reentrant gradient checkpointing only (use_reentrant=False)")
+        kw["use_reentrant"] = False
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw, **kwargs)
+        for layer in self._layers():
+            inner = getattr(layer, "_gradient_checkpointing_func", None)
+            if inner is not None and not getattr(inner, "_para", False):
+                layer._gradient_checkpointing_func = self._para_checkpoint(inner)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.model, "is_gradient_checkpointing", False))
+
+    def _para_checkpoint(self, inner):
+        def checkpoint(function, *args, **kwargs):
+            state = self._state
+
+            def run(*a, **k):
+                # forward: the call's own state; recompute (in backward, after the call
+                # ended): the same rows and prompts, this layer's vectors recomputed.
+                previous = self._state
+                self._state = state if previous is state else (None if state is None else state.fresh())
+                try:
+                    return function(*a, **k)
+                finally:
+                    self._state = previous
+
+            return inner(run, *args, **kwargs)
+
+        checkpoint._para = True
+        return checkpoint
 
     def _finish_call(self) -> None:
         state, self._state = self._state, None
@@ -330,19 +405,28 @@ class PARAReferenceModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         prompt_lengths: Sequence[int] | torch.Tensor | None = None,
         adapter_names: AdapterNames = None,
+        prompt_spans: Sequence[Sequence[int]] | torch.Tensor | None = None,
         **kwargs,
     ):
-        """Teacher-forced forward; returns the HF output (`.logits`).
+        """Teacher-forced forward; returns the HF output (`.logits`; `.loss` when
+        `labels` are passed, computed by the HF model).
 
         Row b's prompt is its first `prompt_lengths[b]` real tokens (default: all
-        of them); vectors are pooled from exactly those positions. Left and right
-        padding both work; positions follow the attention mask like HF generate.
+        of them), or explicitly positions `[start, end)` of the padded row with
+        `prompt_spans[b] = (start, end)`; vectors are pooled from exactly those
+        positions. Left and right padding both work; positions follow the
+        attention mask like HF generate.
         """
         if self._state is not None:
             raise RuntimeError("PARA: nested call")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        starts, ends = self._prompt_spans(attention_mask, prompt_lengths)
+        if prompt_spans is not None:
+            if prompt_lengths is not None:
+                raise ValueError("pass prompt_lengths or prompt_spans, not both")
+            starts, ends = self._explicit_spans(attention_mask, prompt_spans)
+        else:
+            starts, ends = self._prompt_spans(attention_mask, prompt_lengths)
         names = self._row_adapters(adapter_names, input_ids.shape[0])
         if "position_ids" not in kwargs:
             pos = attention_mask.long().cumsum(-1) - 1
