@@ -67,3 +67,33 @@ def chosen_logprobs(completion) -> list[float]:
 
 def para_stats(llm) -> dict:
     return llm.collective_rpc("para_stats")[0]
+
+
+def logprob_tolerances(model, adapters, batch, completions, floor: float = 1e-5, factor: float = 10.0) -> list[float]:
+    """Per-request logprob tolerance for comparing vLLM (float32) with the reference:
+    `factor` x the reference's own float32-vs-float64 gap on the same tokens, at least
+    `floor`. A fixed tolerance below that gap would test nothing; one far above it
+    would hide real differences (e.g. between the slot and overflow VG paths)."""
+    import torch
+
+    from vllm_para.reference import PARAReferenceModel
+
+    ref32 = PARAReferenceModel.from_pretrained(model, adapters=adapters)
+    ref64 = PARAReferenceModel.from_pretrained(model, adapters=adapters, dtype=torch.float64)
+    out = []
+    for (ids, name), comp in zip(batch, completions):
+        a = ref32.sequence_logprobs(ids, comp, name)
+        b = ref64.sequence_logprobs(ids, comp, name)
+        out.append(max(floor, factor * max(abs(x - y) for x, y in zip(a, b))))
+    return out
+
+
+def generate_counting_preemptions(llm, batch, max_tokens, **kwargs):
+    """Greedy-generate `batch` [(prompt ids, adapter)]; return (outputs, preemptions, pages still in use)."""
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in batch],
+        [greedy_params(n, max_tokens) for _, n in batch],
+        use_tqdm=False, **kwargs,
+    )
+    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions" and hasattr(m, "value"))
+    return outs, preemptions, para_stats(llm)["pages_in_use"]

@@ -19,7 +19,10 @@ import itertools
 
 import pytest
 
-from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, chosen_logprobs, greedy_params, make_llm, para_stats, token_prompts
+from engine_support import (
+    ADAPTER_SPECS, PROMPTS, build_adapters, chosen_logprobs, greedy_params, logprob_tolerances, make_llm, para_stats,
+    token_prompts,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -35,22 +38,6 @@ def family(request, tmp_path_factory):
     model = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
     adapters = build_adapters(model, tmp_path_factory.mktemp(f"{request.param}_adapters"))
     return request.param, model, adapters
-
-
-def _tolerances(model, adapters, batch, completions) -> list[float]:
-    """Per-request logprob tolerance: 1e-5, or 10x the reference's float32-vs-float64 gap."""
-    import torch
-
-    from vllm_para.reference import PARAReferenceModel
-
-    ref32 = PARAReferenceModel.from_pretrained(model, adapters=adapters)
-    ref64 = PARAReferenceModel.from_pretrained(model, adapters=adapters, dtype=torch.float64)
-    out = []
-    for (ids, name), comp in zip(batch, completions):
-        a = ref32.sequence_logprobs(ids, comp, name)
-        b = ref64.sequence_logprobs(ids, comp, name)
-        out.append(max(1e-5, 10 * max(abs(x - y) for x, y in zip(a, b))))
-    return out
 
 
 def test_family_mixed_adapters_match_reference(family):
@@ -79,7 +66,7 @@ def test_family_mixed_adapters_match_reference(family):
     for (ids, name), g, w in zip(batch, got, want):
         assert g == w.token_ids, f"{arch}: adapter={name}"
     assert len({tuple(g) for g in got}) > len(prompt_ids), f"{arch}: adapters changed nothing (degenerate fixture)"
-    tolerances = _tolerances(model, adapters, batch, got)
+    tolerances = logprob_tolerances(model, adapters, batch, got)
     for (ids, name), out, w, tol in zip(batch, outs, want, tolerances):
         assert chosen_logprobs(out.outputs[0]) == pytest.approx(w.logprobs, abs=tol), f"{arch}: adapter={name}"
 

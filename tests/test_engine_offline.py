@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine_support import (
+    logprob_tolerances,
     ADAPTER_SPECS,
     PROMPTS,
     chosen_logprobs,
@@ -53,13 +54,16 @@ def _generate(llm, batch, max_tokens=MAX_TOKENS):
     return [o.outputs[0] for o in outs]
 
 
-def test_mixed_adapters_match_reference(llm, reference, prompt_ids):
+def test_mixed_adapters_match_reference(llm, reference, prompt_ids, tiny_llama, adapters):
     batch = _mixed_batch(prompt_ids)
     got = _generate(llm, batch)
     want = reference.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
-    for (ids, name), g, w in zip(batch, got, want):
+    # Tolerances from the reference's own float32-vs-float64 gap: the engine runs 3 adapters
+    # through 2 slots, so some take the overflow VG path; both must be as exact as float32 allows.
+    tolerances = logprob_tolerances(tiny_llama, adapters, batch, [list(g.token_ids) for g in got])
+    for (ids, name), g, w, tol in zip(batch, got, want, tolerances):
         assert list(g.token_ids) == w.token_ids, f"adapter={name} prompt={ids}"
-        assert chosen_logprobs(g) == pytest.approx(w.logprobs, abs=1e-4), f"adapter={name}"
+        assert chosen_logprobs(g) == pytest.approx(w.logprobs, abs=tol), f"adapter={name} tol={tol:.2e}"
     # adapters really change outputs
     by_name = {}
     for (ids, name), g in zip(batch, got):

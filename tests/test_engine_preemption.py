@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, greedy_params, make_llm, para_stats, token_prompts
+from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, generate_counting_preemptions, make_llm, token_prompts
 
 pytestmark = pytest.mark.engine
 
@@ -24,15 +24,7 @@ def test_preemption_and_no_prefix_cache_match_reference(tiny_llama, tmp_path):
         disable_log_stats=False,
     )
     try:
-        outs = llm.generate(
-            [{"prompt_token_ids": ids} for ids, _ in batch],
-            [greedy_params(n, max_tokens) for _, n in batch],
-            use_tqdm=False,
-        )
-        preemptions = sum(
-            m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions" and hasattr(m, "value")
-        )
-        pages_left = para_stats(llm)["pages_in_use"]
+        outs, preemptions, pages_left = generate_counting_preemptions(llm, batch, max_tokens)
     finally:
         del llm
     assert preemptions > 0, "the test did not force any preemption"

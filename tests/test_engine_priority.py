@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import ADAPTER_SPECS, ENGINE_KWARGS, PROMPTS, greedy_params, para_stats, token_prompts
+from engine_support import ADAPTER_SPECS, ENGINE_KWARGS, PROMPTS, generate_counting_preemptions, para_stats, token_prompts
 
 pytestmark = pytest.mark.engine
 
@@ -30,16 +30,9 @@ def test_priority_preemption_with_full_side_buffer(tiny_llama, adapters, referen
     try:
         assert para_stats(llm)["pages_capacity"] == 4
         # later prompts get higher priority (lower value): they overtake running ones
-        outs = llm.generate(
-            [{"prompt_token_ids": ids} for ids, _ in batch],
-            [greedy_params(n, max_tokens) for _, n in batch],
-            priority=[len(batch) - i for i in range(len(batch))],
-            use_tqdm=False,
+        outs, preemptions, pages_left = generate_counting_preemptions(
+            llm, batch, max_tokens, priority=[len(batch) - i for i in range(len(batch))]
         )
-        preemptions = sum(
-            m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions" and hasattr(m, "value")
-        )
-        pages_left = para_stats(llm)["pages_in_use"]
     finally:
         del llm
     assert preemptions > 0, "the test did not force any preemption"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import random
 import shutil
 import time
@@ -23,13 +24,32 @@ MAX_TOKENS = 8
 FIXED = ("sql", PROMPTS[0])  # the tenant whose output must never change
 
 
+DIR_ADAPTERS = 20  # in --para-adapter-dir, loaded on first use
+HOST_CACHE = 4  # --max-cpu-para-adapters
+
+
 @pytest.fixture(scope="module")
-def server(tiny_llama, adapters, tmp_path_factory):
+def adapter_dir(tiny_llama, tmp_path_factory):
+    from vllm_para.tiny_models import build_random_adapter
+
+    root = tmp_path_factory.mktemp("adapter_dir")
+    for i in range(DIR_ADAPTERS):
+        build_random_adapter(tiny_llama, root / f"t{i}", r=4 + i % 3, seed=100 + i,
+                             targets=("q", "v", "u") if i % 2 else ("k", "g"), pooling="mean" if i % 5 == 0 else "last")
+    outside = tmp_path_factory.mktemp("outside")
+    build_random_adapter(tiny_llama, outside / "evil", seed=7)
+    (root / "escape").symlink_to(outside / "evil")  # a symlink out of the directory: never loaded
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, adapters, adapter_dir, tmp_path_factory):
     modules = [f"{name}={adapters[name]}" for name in ("sql", "qa")]
     srv = Server(
         tiny_llama,
         ["--enable-para", "--para-modules", *modules, "--max-para-adapters", "2", "--max-para-rank", "16",
-         "--enable-prompt-embeds"],
+         "--enable-prompt-embeds", "--para-adapter-dir", str(adapter_dir),
+         "--max-cpu-para-adapters", str(HOST_CACHE)],
         tmp_path_factory.mktemp("hostile") / "server.log",
         env={"VLLM_ALLOW_RUNTIME_PARA_UPDATING": "1"},
     ).wait_ready()
@@ -270,6 +290,91 @@ def test_fuzzed_adapter_dirs_refused_at_runtime_load(server, fixed_output, adapt
             _still_fine(server, fixed_output)
     names = {m["id"] for m in server.get("/v1/models").json()["data"]}
     assert not any(n.startswith("fuzz") for n in names)
+    _still_fine(server, fixed_output)
+
+
+# ------------------------------------------------------------------ first-use loading (--para-adapter-dir)
+def _dir_reference(tiny_llama, adapter_dir, names):
+    from vllm_para.reference import PARAReferenceModel
+
+    return PARAReferenceModel.from_pretrained(tiny_llama, adapters={n: str(adapter_dir / n) for n in names})
+
+
+def _wait_metric(server, name, ok, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = server.metric(name)
+        if value is not None and ok(value):
+            return value
+        time.sleep(0.5)
+    return server.metric(name)
+
+
+def test_first_use_loads_once_and_is_exact(server, fixed_output, tiny_llama, adapter_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"t{i}" for i in range(10)]
+    ids = token_prompts(tiny_llama, [PROMPTS[4]])[0]
+    reference = _dir_reference(tiny_llama, adapter_dir, names)
+    want = {n: reference.greedy([ids], [n], MAX_TOKENS, stop_at_eos=False)[0].token_ids for n in names}
+    misses_before = server.metric("vllm_para:adapter_cache_total", '{result="miss"}') or 0.0
+    jobs = [names[i % 10] for i in range(50)]
+    # The cache holds 4: ask for the 10 adapters in waves of 4, 50 concurrent requests per wave overall.
+    got = {}
+    for wave in (names[0:4], names[4:8], names[8:10]):
+        wave_jobs = [n for n in jobs if n in wave]
+        with ThreadPoolExecutor(len(wave_jobs)) as pool:
+            outs = list(pool.map(lambda n: (n, _tokens(server, n, PROMPTS[4])), wave_jobs))
+        for n, toks in outs:
+            assert toks == want[n], n
+            got[n] = toks
+    assert set(got) == set(names)
+    misses = server.metric("vllm_para:adapter_cache_total", '{result="miss"}') - misses_before
+    assert misses == 10, f"each adapter must be loaded once, got {misses} loads for 10"
+    assert server.metric("vllm_para:adapter_cold_load_seconds_count") >= 10
+    _still_fine(server, fixed_output)
+
+
+def test_first_use_refusals(server, fixed_output, tiny_llama, adapter_dir):
+    for name in ("../sql", "t1/../t2", "..", "a\\b"):
+        _refused(server.post("/v1/completions", _body(name, PROMPTS[0])), 400)
+    _refused(server.post("/v1/completions", _body("escape", PROMPTS[0])), 404)  # symlink out of the dir
+    _refused(server.post("/v1/completions", _body("nothere", PROMPTS[0])), 404, "nothere")
+    bad = adapter_dir / "broken"
+    bad.mkdir()
+    (bad / "para_config.json").write_text("{")
+    _refused(server.post("/v1/completions", _body("broken", PROMPTS[0])), 400, "broken", "not valid JSON")
+    by_xargs = server.post("/v1/completions", _body(str(tiny_llama), PROMPTS[0], vllm_xargs={"para_adapter": "t11"}))
+    assert by_xargs.status_code == 200
+    assert by_xargs.json()["choices"][0]["token_ids"] == _tokens(server, "t11", PROMPTS[0])
+    _still_fine(server, fixed_output)
+
+
+def test_host_cache_bound_and_in_flight_adapter_kept(server, fixed_output, tiny_llama, adapter_dir):
+    names = [f"t{i}" for i in range(DIR_ADAPTERS)]
+    ids = token_prompts(tiny_llama, [PROMPTS[2]])[0]
+    reference = _dir_reference(tiny_llama, adapter_dir, names)
+    long_want = reference.greedy([ids], ["t19"], 300, stop_at_eos=False)[0].token_ids
+    start_named = 2  # sql, qa stay: never evicted
+    peak = 0
+    body = _body("t19", PROMPTS[2], max_tokens=300, stream=True, logprobs=1, return_tokens_as_token_ids=True)
+    streamed = []
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=300) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for i, name in enumerate(names[:19] * 2):
+            want = reference.greedy([ids], [name], MAX_TOKENS, stop_at_eos=False)[0].token_ids
+            assert _tokens(server, name, PROMPTS[2]) == want, name
+            held = _wait_metric(server, "vllm_para:adapters_in_host_memory", lambda v: v <= HOST_CACHE + start_named)
+            peak = max(peak, held)
+            streamed += [line for line in itertools.islice(lines, 1)]
+        streamed += list(lines)
+    assert peak <= HOST_CACHE + start_named, peak
+    tokens = []
+    for line in streamed:
+        if line.startswith(b"data: {"):
+            tokens += [int(t.split(":")[1]) for t in __import__("json").loads(line[6:])["choices"][0]["logprobs"]["tokens"]]
+    assert tokens == long_want  # the in-flight adapter was never evicted under it
     _still_fine(server, fixed_output)
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from engine_support import ADAPTER_SPECS, PROMPTS, token_prompts
+from engine_support import PROMPTS, token_prompts
 from server_support import Server, vllm_command
 
 pytestmark = pytest.mark.server

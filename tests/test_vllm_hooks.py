@@ -206,3 +206,20 @@ def test_runtime_updating_refused_with_several_api_servers(tiny_llama, monkeypat
     args._api_process_count = 2
     with pytest.raises(Exception, match="api-server-count > 1"):
         args.create_engine_config()
+
+
+def test_fuzzed_adapters_refused_at_startup(tiny_llama, adapters, tmp_path):
+    """Start-up validation (EngineArgs.create_engine_config) refuses corrupt adapter
+    directories with the adapter's name and the reason, before any engine process starts.
+    (All 440 corruptions go through load_adapter in test_adapter_fuzz.py and through a
+    running server's runtime load in test_hostile_server.py.)"""
+    from pathlib import Path
+
+    from adapter_corruptions import generate_corruptions
+
+    cases = generate_corruptions(Path(adapters["sql"]), tmp_path / "fuzz", seed=2)
+    for case in cases[:: max(1, len(cases) // 25)]:
+        with pytest.raises(Exception) as info:
+            _engine_config(tiny_llama, additional_config={"para": {"modules": {"fz": str(case.path)}}})
+        message = str(info.value)
+        assert "PARA adapter 'fz'" in message and case.expect in message.lower(), (case.name, message[:300])

@@ -21,7 +21,7 @@ import torch
 
 from ..adapter import load_adapter
 from ..config import WEIGHTS_FILE, ModelShape, PARAConfig
-from ..core import VGWeights, expand_to_all_targets
+from ..core import VGWeights
 
 
 class UnknownAdapterError(KeyError):
@@ -50,6 +50,11 @@ class RegisteredAdapter:
     version: int  # bumps when a name is re-registered, so stale slots are never reused
     digest: str = ""  # sha256 of the weights file as read at registration
     weights: VGWeights | None = field(default=None, compare=False, repr=False)  # host copy (workers)
+
+    @property
+    def num_held(self) -> int:
+        """(name, version) pairs registered and not yet retired (active or draining)."""
+        return len(self._all)
 
     @property
     def host_bytes(self) -> int:
@@ -169,6 +174,11 @@ class AdapterRegistry:
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self._active
+
+    @property
+    def num_held(self) -> int:
+        """(name, version) pairs registered and not yet retired (active or draining)."""
+        return len(self._all)
 
     @property
     def host_bytes(self) -> int:

@@ -66,6 +66,7 @@ class FrontendState:
         self._inflight: dict[str, tuple[str, int]] = {}
         self._counts: Counter[tuple[str, int]] = Counter()
         self._lock = threading.Lock()
+        self.manager = None  # the API server's AdapterManager (server/adapter_manager.py), when serving
 
     # The config travels to the engine-core and worker processes, which keep their own
     # state (scheduler ledger, worker registry): the frontend's stays behind.
@@ -186,6 +187,10 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
     _keep_vg_out_of_cuda_graphs(vllm_config)
     shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config)
     registry = AdapterRegistry(shape, max_rank=settings.max_rank)  # validates only; workers keep the weights
+    if settings.adapter_dir is not None and not os.path.isdir(settings.adapter_dir):
+        raise PARASettingsError(
+            f"--para-adapter-dir {settings.adapter_dir!r} is not a directory; create it or fix the path."
+        )
     for name, path in settings.modules.items():
         try:
             registry.add(name, path)

@@ -28,7 +28,7 @@ from .layers import WRAPPED, local_layers, wrap_layers
 from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, page_capacity
 from .step_plan import StepPlan, VGGroup
 from .tp_layout import RankLayout
-from .vector_pages import UNIT_PAGE, VectorPages
+from .vector_pages import VectorPages
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
@@ -66,6 +66,7 @@ class PARARuntime:
             "slot_loads": self.slots.loads,
             "slots_resident": len(self.slots._resident),
             "adapter_host_bytes": self.registry.host_bytes,
+            "adapters_in_host_memory": self.registry.num_held,
             "adapter_device_bytes": self.slots.bytes_total,
             "layers": self.layers,
         }

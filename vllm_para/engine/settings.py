@@ -56,6 +56,15 @@ class PARASettings(BaseModel):
         default=8, ge=1, le=1024, description="device slots for VG weights (LRU-swapped)"
     )
     max_rank: int = Field(default=64, ge=1, le=4096, description="largest VG rank r a slot holds")
+    adapter_dir: str | None = Field(
+        default=None,
+        description="directory of adapters loaded on first use: a request for NAME loads ADAPTER_DIR/NAME/",
+    )
+    max_cpu_adapters: int | None = Field(
+        default=None, ge=1, le=1 << 20,
+        description="host-cache bound for adapters loaded from adapter_dir (LRU; none with requests in flight "
+        "is evicted); unbounded when unset",
+    )
     max_pages: int | None = Field(
         default=None, ge=1, le=1 << 20,
         description="side-buffer pages: sequences holding PARA vectors, running or preempted "
@@ -72,6 +81,11 @@ class PARASettings(BaseModel):
             if not str(path):
                 raise ValueError(f"adapter {name!r} has an empty path")
         return {name: str(Path(path).expanduser()) for name, path in modules.items()}
+
+    @field_validator("adapter_dir")
+    @classmethod
+    def _dir(cls, path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> "PARASettings | None":

@@ -15,6 +15,10 @@ HELP = {
     "max_para_adapters": "Device slots for adapters' vector-generator weights (LRU-swapped; more adapters "
     "than slots still works); 8 when unset.",
     "max_para_rank": "Largest VG rank r an adapter may have; 64 when unset.",
+    "para_adapter_dir": "Directory of adapters loaded on first use: a request for model NAME loads DIR/NAME/ "
+    "(validated like a start-up adapter; 404 if absent, 400 if invalid).",
+    "max_cpu_para_adapters": "Host-cache bound for adapters loaded from --para-adapter-dir (least recently used "
+    "first, never one with requests in flight); unbounded when unset.",
 }
 
 
@@ -24,6 +28,8 @@ def add_para_args(parser):
     group.add_argument("--para-modules", nargs="+", metavar="NAME=PATH", default=None, help=HELP["para_modules"])
     group.add_argument("--max-para-adapters", type=int, default=None, help=HELP["max_para_adapters"])
     group.add_argument("--max-para-rank", type=int, default=None, help=HELP["max_para_rank"])
+    group.add_argument("--para-adapter-dir", default=None, metavar="DIR", help=HELP["para_adapter_dir"])
+    group.add_argument("--max-cpu-para-adapters", type=int, default=None, help=HELP["max_cpu_para_adapters"])
     return parser
 
 
@@ -34,6 +40,8 @@ def fold_para_args(args: argparse.Namespace, engine_args) -> None:
         "--para-modules": getattr(args, "para_modules", None),
         "--max-para-adapters": getattr(args, "max_para_adapters", None),
         "--max-para-rank": getattr(args, "max_para_rank", None),
+        "--para-adapter-dir": getattr(args, "para_adapter_dir", None),
+        "--max-cpu-para-adapters": getattr(args, "max_cpu_para_adapters", None),
     }
     if not enabled:
         used = [flag for flag, value in given.items() if value is not None]
@@ -48,6 +56,10 @@ def fold_para_args(args: argparse.Namespace, engine_args) -> None:
         para["max_adapters"] = args.max_para_adapters
     if args.max_para_rank is not None:
         para["max_rank"] = args.max_para_rank
+    if args.para_adapter_dir is not None:
+        para["adapter_dir"] = args.para_adapter_dir
+    if args.max_cpu_para_adapters is not None:
+        para["max_cpu_adapters"] = args.max_cpu_para_adapters
     additional[ADDITIONAL_CONFIG_KEY] = para
     engine_args.additional_config = additional
 

@@ -9,7 +9,8 @@ from ..engine.frontend import settings_of
 from ..patching import wrap_attribute
 from .beam_search import wrap_beam_search
 from .cli_args import install_cli_hooks
-from .metrics import poll_worker_stats, wrap_generate
+from .generate_hook import wrap_generate
+from .metrics import poll_worker_stats
 from .openai_models import wrap_check_model, wrap_maybe_get_adapters, wrap_model_name, wrap_show_available_models
 from .routes import router, runtime_updating_enabled
 

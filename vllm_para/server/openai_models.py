@@ -40,9 +40,44 @@ def _para_name(serving, model_name) -> str | None:
     return model_name if model_name in registry else None
 
 
+async def _resolve_first_use(serving, request):
+    """With --para-adapter-dir: load adapters this request names on first use
+    (before admission). Returns an ErrorResponse for a refused one, else None."""
+    from ..engine.frontend import frontend_state
+    from .adapter_manager import AdapterLoadError, manager_of
+
+    client = getattr(serving.models, "engine_client", None)
+    state = frontend_state(getattr(client, "vllm_config", None))
+    if state is None or state.settings.adapter_dir is None:
+        return None
+    names = []
+    model = request.model
+    if isinstance(model, str) and model and not serving.models.is_base_model(model) \
+            and model not in serving.models.lora_requests:
+        names.append(("model", model))
+    xargs = getattr(request, "vllm_xargs", None)
+    if isinstance(xargs, dict) and isinstance(xargs.get(REQUEST_ADAPTER_KEY), str):
+        names.append(("vllm_xargs.para_adapter", xargs[REQUEST_ADAPTER_KEY]))
+    manager = manager_of(state, client)
+    for field, name in names:
+        if name in (".", "..") or "/" in name or "\\" in name:
+            return serving.create_error_response(
+                f"{field} {name[:80]!r} is not an adapter name: names under --para-adapter-dir cannot contain "
+                "'/', '\\' or be '.' / '..'.", param=field,
+            )
+        try:
+            await manager.resolve(name)
+        except AdapterLoadError as exc:
+            return serving.create_error_response(str(exc), param=field)
+    return None
+
+
 def wrap_check_model(original):
     @functools.wraps(original)
     async def _check_model(self, request):
+        refused = await _resolve_first_use(self, request)
+        if refused is not None:
+            return refused
         if _para_name(self, request.model) is not None:
             if self.request_logger is not None:
                 self.request_logger.log_request_body(request)
