@@ -115,8 +115,8 @@ def test_para_engine_config(tiny_llama, tmp_path):
 
     build_random_adapter(tiny_llama, tmp_path / "a")
     config = _engine_config(tiny_llama, additional_config={"para": {"modules": {"a": str(tmp_path / "a")}}})
-    assert config.scheduler_config.enable_chunked_prefill is False
-    assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
+    plain_chunked = _engine_config(tiny_llama).scheduler_config.enable_chunked_prefill
+    assert config.scheduler_config.enable_chunked_prefill == plain_chunked  # base requests keep chunking
     assert config.parallel_config.worker_extension_cls.endswith("PARAWorkerExtension")
     assert config.scheduler_config.get_scheduler_cls().__name__ in ("PARAScheduler", "PARAAsyncScheduler")
     assert config.scheduler_config.long_prefill_token_threshold == 0

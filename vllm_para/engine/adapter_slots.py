@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from vllm.utils.cache import LRUCache
 
 from ..adapter import load_adapter
 from ..config import WEIGHTS_FILE, ModelShape, PARAConfig
@@ -199,6 +199,18 @@ class SlotWeights:
     pooling: str
 
 
+class _ResidentSlots(LRUCache):
+    """(name, version) -> slot index, in vLLM's LRU cache (pinning keeps a step's
+    adapters resident while others are swapped); evicting a key frees its slot."""
+
+    def __init__(self, capacity: int, free: list[int]) -> None:
+        super().__init__(capacity)
+        self.free = free
+
+    def _on_remove(self, key, slot) -> None:
+        self.free.append(slot)
+
+
 class AdapterSlots:
     """`max_adapters` preallocated, per-layer stacked device slots of VG weights (float32)."""
 
@@ -221,12 +233,16 @@ class AdapterSlots:
         self.up_bias = torch.ones(num_slots, L, V, device=device)
         self._rank = [0] * num_slots
         self._pooling = ["last"] * num_slots
-        self._resident: OrderedDict[tuple[str, int], int] = OrderedDict()  # (name, version) -> slot, LRU first
+        self._resident = _ResidentSlots(num_slots, list(range(num_slots - 1, -1, -1)))
         self.loads = 0
 
     @property
     def num_slots(self) -> int:
         return self.down.shape[0]
+
+    @property
+    def num_resident(self) -> int:
+        return len(self._resident)
 
     @property
     def bytes_total(self) -> int:
@@ -246,34 +262,33 @@ class AdapterSlots:
 
     def acquire(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], SlotWeights]:
         """Make every (name, version) in `keys` usable for this step."""
+        resident = self._resident
         out: dict[tuple[str, int], SlotWeights] = {}
-        needed = set(keys)
-        for key in sorted(keys):
-            entry = self.registry.find(*key)  # planned keys are registered: the runtime checked
-            slot = self._resident.get(key)
-            if slot is None:
-                slot = self._free_slot(needed)
-                if slot is None:  # more adapters in this step than slots: temporary copy
-                    w = self._read(entry).to(device=self.device, dtype=torch.float32)
-                    out[key] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling)
-                    continue
-                self._fill(slot, key, entry)
-            self._resident.move_to_end(key)
-            out[key] = self._view(slot)
+        ordered = sorted(keys)
+        for key in ordered:  # this step's adapters already resident stay so
+            if key in resident:
+                resident.pin(key)
+        try:
+            for key in ordered:
+                entry = self.registry.find(*key)  # planned keys are registered: the runtime checked
+                slot = resident.get(key)
+                if slot is None:
+                    if not resident.free and len(resident) > len(resident.pinned_items):
+                        resident.remove_oldest()  # least recently used adapter not in this step
+                    if not resident.free:  # more adapters in this step than slots: temporary copy
+                        w = self._read(entry).to(device=self.device, dtype=torch.float32)
+                        out[key] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling)
+                        continue
+                    slot = resident.free.pop()
+                    self._fill(slot, entry)
+                    resident.put(key, slot)
+                    resident.pin(key)
+                out[key] = self._view(slot)
+        finally:
+            resident.pinned_items.clear()
         return out
 
-    def _free_slot(self, needed: set[tuple[str, int]]) -> int | None:
-        used = set(self._resident.values())
-        for slot in range(self.num_slots):
-            if slot not in used:
-                return slot
-        for key, slot in self._resident.items():  # least recently used first
-            if key not in needed:
-                del self._resident[key]
-                return slot
-        return None
-
-    def _fill(self, slot: int, key: tuple[str, int], entry: RegisteredAdapter) -> None:
+    def _fill(self, slot: int, entry: RegisteredAdapter) -> None:
         w = self._read(entry)
         r = entry.config.r
         self.down[slot].zero_()
@@ -283,4 +298,3 @@ class AdapterSlots:
         self.up_bias[slot].copy_(w.up_bias, non_blocking=True)
         self._rank[slot] = r
         self._pooling[slot] = entry.config.pooling
-        self._resident[key] = slot

@@ -1,8 +1,8 @@
 """Engine set-up and request admission for PARA (the frontend process).
 
 - `prepare_engine_args` / `check_engine_config` wrap `EngineArgs.create_engine_config`:
-  they configure vLLM so every PARA prompt is prefilled in one step, install
-  the page-aware scheduler, refuse feature combinations PARA cannot honour,
+  they install the PARA scheduler (page-aware admission; PARA prompts
+  prefilled in one step, base prompts chunked as configured), refuse feature combinations PARA cannot honour,
   and validate every registered adapter before any engine process starts.
 - `check_request_params` / `admit_request` run around `InputProcessor.process_inputs`
   (and for pre-built `EngineCoreRequest`s in `add_request`): every PARA field a
@@ -127,9 +127,6 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
             "--long-prefill-token-threshold splits long prompts over several steps, but a PARA prompt must be "
             "prefilled in one step (its vectors need its last token at every layer). Remove the flag."
         )
-    if getattr(args, "enable_chunked_prefill", None):
-        logger.warning("PARA: disabling chunked prefill (a PARA prompt must be prefilled in one step).")
-    args.enable_chunked_prefill = False
     if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", ""):
         raise PARASettingsError("PARA needs vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER.")
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # inherited by the engine and worker processes
@@ -173,8 +170,8 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
             f"PARA does not support architecture {archs}; supported: {list(SUPPORTED_ARCHITECTURES)}."
         )
     sched = vllm_config.scheduler_config
-    if sched.enable_chunked_prefill:
-        raise PARASettingsError("PARA requires chunked prefill off (--no-enable-chunked-prefill).")
+    # Chunked prefill stays as configured for base requests; the PARA scheduler
+    # prefills PARA prompts in one step (engine/scheduler.py).
     if sched.long_prefill_token_threshold:
         logger.warning("PARA: setting long_prefill_token_threshold to 0 (a PARA prompt is prefilled in one step).")
         sched.long_prefill_token_threshold = 0
@@ -289,6 +286,14 @@ def admit_request(vllm_config, request, pooled: int | None):
             f"PARA adapter {name!r} needs a token prompt: prompt embeddings (prompt_embeds) cannot be pooled by "
             "the adapter's vector generator. Send text or token ids.",
             parameter="prompt_embeds",
+        )
+    step_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+    if len(tokens) > step_tokens:
+        raise VLLMValidationError(
+            f"a prompt of {len(tokens)} tokens is too long for PARA adapter {name!r}: a PARA prompt is prefilled "
+            f"in one step of at most max_num_batched_tokens={step_tokens} tokens. Shorten the prompt or start "
+            "the server with a larger --max-num-batched-tokens.",
+            parameter="prompt",
         )
     pool_len = len(tokens) if pooled is None else pooled
     if not 1 <= pool_len <= len(tokens):

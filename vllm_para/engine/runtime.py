@@ -64,7 +64,7 @@ class PARARuntime:
             "bytes_per_sequence": self.pages.bytes_per_sequence,
             "adapters": self.registry.names(),
             "slot_loads": self.slots.loads,
-            "slots_resident": len(self.slots._resident),
+            "slots_resident": self.slots.num_resident,
             "adapter_host_bytes": self.registry.host_bytes,
             "adapters_in_host_memory": self.registry.num_held,
             "adapter_device_bytes": self.slots.bytes_total,
@@ -125,7 +125,7 @@ class PARARuntime:
                 raise RuntimeError(
                     f"PARA request {rid}: its prompt (tokens 0..{prompt_len - 1}) is not prefilled in one "
                     f"step (computed={computed}, scheduled={end - start}, pooling={pooling}). PARA needs "
-                    "chunked prefill off and prefix-cache keys that include the adapter and prompt."
+                    "its scheduler (engine/scheduler.py) and prefix-cache keys that include the adapter and prompt."
                 )
             todo[(name, entry.version)].append((page, start - computed, start - computed + prompt_len))
             fills.append(rid)

@@ -1,5 +1,6 @@
-"""Page-aware admission: vLLM's scheduler, plus "a PARA request starts only
-while a side-buffer page is free".
+"""vLLM's scheduler plus two PARA rules: a PARA request starts only while a
+side-buffer page is free, and a PARA prompt is prefilled in one step while
+base requests keep chunked prefill.
 
 Every PARA sequence holds one page of vectors from its first scheduled step
 until it finishes, preemptions included (its vectors depend only on its
@@ -10,11 +11,21 @@ same count as the workers' buffer: a waiting PARA request without a page is
 skipped for this step (vLLM's own skip path, as for `max_loras`) until a page
 frees; base requests are never held back, and nobody's vectors are evicted.
 
+A PARA prompt's vectors need its last token's hidden state at every layer, so
+its prefill cannot be split. vLLM decides chunking per waiting request from
+`scheduler_config.enable_chunked_prefill`, right after the hook below runs for
+that request; this scheduler keeps a private copy of its config and turns
+chunking off for PARA requests only (vLLM's own non-chunked path: the request
+waits for a step with room for its whole prompt). Admission refuses PARA
+prompts longer than `max_num_batched_tokens`, so every one fits some step.
+
 Installed through vLLM's `scheduler_cls` (not a patch): `PARAScheduler`, or
 `PARAAsyncScheduler` when async scheduling is on.
 """
 
 from __future__ import annotations
+
+import copy
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -52,11 +63,16 @@ class PageAdmissionMixin:
         super().__init__(*args, **kwargs)
         settings = PARASettings.from_additional_config(self.vllm_config.additional_config) or PARASettings()
         self.para_pages = PageLedger(page_capacity(settings, self.scheduler_config.max_num_seqs))
+        self.scheduler_config = copy.copy(self.scheduler_config)  # private: chunking is set per request below
+        self.para_base_chunked_prefill = bool(self.scheduler_config.enable_chunked_prefill)
 
     def _handle_blocked_waiting_request(self, request) -> bool:
         if not super()._handle_blocked_waiting_request(request):
             return False
-        if not is_para_request(request):
+        para = is_para_request(request)
+        # read by vLLM for this very request, right after this hook
+        self.scheduler_config.enable_chunked_prefill = self.para_base_chunked_prefill and not para
+        if not para:
             return True
         # Reserve now: several waiting requests are considered in one schedule() call.
         return self.para_pages.try_reserve(request.request_id)
