@@ -80,7 +80,7 @@ def test_small_mode_end_to_end(tmp_path):
            "--concurrency", ",".join(map(str, LEVELS)), "--requests", str(REQUESTS), "--rounds", str(ROUNDS),
            "--warmup-requests", "2", "--out-dir", str(tmp_path), "--run-id", "ci", "--startup-timeout", "600",
            "--run-time", "300"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1700)  # pytest.ini: 1800
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "ci"
 
