@@ -22,7 +22,6 @@ No vLLM import; needs torch and safetensors only.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import struct
