@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (they create .venv/ if missing).
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench
+.PHONY: venv demo test test-fast bench soak
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -17,3 +17,6 @@ test-fast: venv  ## tests that do not start a vLLM engine
 
 bench: venv
 	$(PY) benchmarks/offline_throughput.py
+
+soak: venv  ## soak one real `vllm serve --enable-para` (not CI): make soak SOAK_ARGS="--requests 300"
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
