@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import json
 import random
 import shutil
 import time
@@ -261,6 +262,30 @@ def test_unload_lets_in_flight_requests_finish(server, fixed_output, adapters):
     _still_fine(server, fixed_output)
 
 
+def test_reload_same_name_while_old_version_drains(server, fixed_output, adapters):
+    """Unload, then load the same name from other files while a request of the old
+    version is still running: the new load succeeds, new requests get the new weights,
+    the running one finishes under the old (soak run regression)."""
+    want_old = _tokens(server, "sql", PROMPTS[1], max_tokens=300)
+    want_new = _tokens(server, "qa", PROMPTS[1])
+    assert _load(server, "swap", adapters["sql"]).status_code == 200
+    body = _body("swap", PROMPTS[1], max_tokens=300, stream=True, logprobs=1, return_tokens_as_token_ids=True)
+    tokens = []
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith(b"data: {"))
+        assert _unload(server, "swap").status_code == 200
+        assert _load(server, "swap", adapters["qa"]).status_code == 200, "reload while the old version drains"
+        assert _tokens(server, "swap", PROMPTS[1]) == want_new
+        for line in [first, *lines]:
+            if line.startswith(b"data: {"):
+                tokens += [int(t.split(":")[1]) for t in json.loads(line[6:])["choices"][0]["logprobs"]["tokens"]]
+    assert tokens == want_old
+    assert _tokens(server, "swap", PROMPTS[1]) == want_new  # the old version's retirement left the new one alone
+    assert _unload(server, "swap").status_code == 200
+    _still_fine(server, fixed_output)
+
+
 def test_unknown_names_do_not_grow_metrics(server, fixed_output, tiny_llama):
     def series():
         return sum(1 for line in server.get("/metrics").text.splitlines() if line.startswith("vllm_para:requests_total{"))
@@ -373,7 +398,7 @@ def test_host_cache_bound_and_in_flight_adapter_kept(server, fixed_output, tiny_
     tokens = []
     for line in streamed:
         if line.startswith(b"data: {"):
-            tokens += [int(t.split(":")[1]) for t in __import__("json").loads(line[6:])["choices"][0]["logprobs"]["tokens"]]
+            tokens += [int(t.split(":")[1]) for t in json.loads(line[6:])["choices"][0]["logprobs"]["tokens"]]
     assert tokens == long_want  # the in-flight adapter was never evicted under it
     _still_fine(server, fixed_output)
 

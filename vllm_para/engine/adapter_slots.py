@@ -93,10 +93,12 @@ class AdapterRegistry:
         for name, path in (modules or {}).items():
             self.add(name, path)
 
-    def load(self, name: str, path: str, version: int | None = None, digest: str | None = None) -> RegisteredAdapter:
-        """Read and validate the adapter; reserve `name`. Not selectable until `publish`."""
+    def load(self, name: str, path: str, version: int | None = None, digest: str | None = None,
+             replace: bool = False) -> RegisteredAdapter:
+        """Read and validate the adapter; reserve `name`. Not selectable until `publish`.
+        `replace`: a name that is active may be loaded again (workers: the API server decides)."""
         with self._lock:
-            if name in self._active or name in self._pending:
+            if (name in self._active and not replace) or name in self._pending:
                 where = self._active[name].path if name in self._active else "a load in progress"
                 raise AdapterRejected(f"PARA adapter {name!r} is already loaded (from {where}); unload it first.")
             self._pending.add(name)
@@ -142,8 +144,9 @@ class AdapterRegistry:
             if self._active.get(entry.name) is not entry:
                 self._all.pop((entry.name, entry.version), None)
 
-    def add(self, name: str, path: str, version: int | None = None, digest: str | None = None) -> RegisteredAdapter:
-        entry = self.load(name, path, version, digest)
+    def add(self, name: str, path: str, version: int | None = None, digest: str | None = None,
+            replace: bool = False) -> RegisteredAdapter:
+        entry = self.load(name, path, version, digest, replace)
         self.publish(entry)
         return entry
 

@@ -50,6 +50,7 @@ class PARARuntime:
         self.slots = slots
         self.pages = pages
         self.layers = layers or {}  # what was wrapped (reported by stats)
+        self.invariant_errors = 0
 
     # ------------------------------------------------------------------ requests
     def release(self, req_ids) -> None:
@@ -69,22 +70,21 @@ class PARARuntime:
             "adapters_in_host_memory": self.registry.num_held,
             "adapter_device_bytes": self.slots.bytes_total,
             "layers": self.layers,
+            "invariant_errors": self.invariant_errors,
         }
 
     # ---------------------------------------------------------------- adapters
     def add_adapter(self, name: str, path: str, version: int, digest: str | None) -> int:
-        """Read, validate and keep in host memory (name, version); selectable at once."""
-        return self.registry.add(name, path, version, digest).version
+        """Read, validate and keep in host memory (name, version); selectable at once.
+        The API server is authoritative for names: a newer version of a name that was
+        unloaded there (and still drains here) replaces it as the active one."""
+        return self.registry.add(name, path, version, digest, replace=True).version
 
-    def remove_adapter(self, name: str, version: int | None = None) -> None:
-        """Forget (name, version): the frontend calls this once no request uses it."""
-        entry = self.registry.find(name, version) if version is not None else None
-        if entry is None and name in self.registry:
-            entry = self.registry.get(name)
-        if entry is None:
-            return
-        self.registry.retire(name, entry.version)
-        self.slots.evict((name, entry.version))
+    def remove_adapter(self, name: str, version: int) -> None:
+        """Forget exactly (name, version): the API server calls this once no request uses
+        it, or to roll back a load this worker may not have completed."""
+        self.registry.retire(name, version)
+        self.slots.evict((name, version))
 
     # ---------------------------------------------------------------- each step
     def plan_step(self, runner) -> StepPlan:
@@ -109,10 +109,14 @@ class PARARuntime:
                 # Admission set both keys; the frontend retires a version only after its last request.
                 entry = self.registry.find(name, extra.get(REQUEST_VERSION_KEY))
                 if entry is None:
-                    raise RuntimeError(
-                        f"PARA invariant broken: request {rid} uses adapter {name!r} version "
-                        f"{extra.get(REQUEST_VERSION_KEY)!r}, which this worker does not hold."
+                    # Cannot happen (the API server retires a version after its last request);
+                    # if it does, one request is wrong, loudly, and the engine stays up.
+                    self.invariant_errors += 1
+                    logger.error(
+                        "PARA invariant broken: request %s uses adapter %r version %r, which this worker does not "
+                        "hold; it runs without PARA vectors.", rid, name, extra.get(REQUEST_VERSION_KEY),
                     )
+                    continue
             page = self.pages.allocate(rid)
             token_pages[start:end] = page
             if rid in self.pages.filled:

@@ -29,6 +29,6 @@ class PARAWorkerExtension:
         """Read, validate (same checks as the frontend, plus the file digest) and keep in host memory."""
         return self._para_runtime().add_adapter(name, path, version, digest)
 
-    def para_remove_adapter(self, name: str, version: int | None = None) -> None:
+    def para_remove_adapter(self, name: str, version: int) -> None:
         """Forget (name, version): called once no request uses it (or to roll back a failed load)."""
         self._para_runtime().remove_adapter(name, version)
