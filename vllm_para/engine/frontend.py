@@ -199,8 +199,9 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
 
 def _keep_vg_out_of_cuda_graphs(vllm_config) -> None:
     """On GPU, run the VG op between CUDA-graph pieces (like attention), so its
-    host-side plan is read at every replay. Decode-only batches captured as full
-    graphs contain no prompt step, so the op's no-op path is the right one there."""
+    host-side plan is read at every replay. A step that must run the VG never
+    replays a FULL graph (engine/graph_guard.py); FULL graphs of decode-only
+    steps skip the op, which has nothing to do there."""
     from vllm.platforms import current_platform
 
     from .ops import OP_NAME

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 
-from .graph_guard import assert_step_not_full_graph, check_not_full_graph, current_cudagraph_mode
+from .graph_guard import check_not_full_graph, current_cudagraph_mode
 from .runtime import runtime_of
 from .settings import PARASettings
 from .step_plan import set_plan
@@ -43,9 +43,8 @@ def _wrap_model_forward(original):
         runtime = runtime_of(self)
         if runtime is None:
             return original(self, *args, **kwargs)
-        assert_step_not_full_graph(self, runtime)  # before plan_step marks anything
-        plan = runtime.plan_step(self)
-        check_not_full_graph(current_cudagraph_mode(), bool(plan))
+        plan = runtime.plan_step(self)  # marks nothing filled: that happens after the forward ran
+        check_not_full_graph(current_cudagraph_mode(), bool(plan))  # loud, before any VG is skipped
         set_plan(plan)
         try:
             output = original(self, *args, **kwargs)
