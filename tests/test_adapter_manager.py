@@ -30,9 +30,9 @@ def setup(tiny_llama, tmp_path):
     from transformers import AutoConfig
 
     from vllm_para.config import ModelShape
-    from vllm_para.engine.adapter_slots import AdapterRegistry
-    from vllm_para.engine.frontend import FrontendState
-    from vllm_para.engine.settings import PARASettings
+    from vllm_para.engine.registry import AdapterRegistry
+    from vllm_para.engine.frontend.admission import FrontendState
+    from vllm_para.engine.frontend.settings import PARASettings
     from vllm_para.server.adapter_manager import AdapterManager
     from vllm_para.tiny_models import build_random_adapter
 

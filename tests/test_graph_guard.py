@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import vllm_para.engine.graph_guard as guard
+import vllm_para.engine.worker.graph_guard as guard
 from vllm_para.patching import is_wrapped
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32]

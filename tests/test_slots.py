@@ -16,9 +16,9 @@ def registry(tiny_llama, tmp_path):
     from transformers import AutoConfig
 
     from vllm_para.config import ModelShape
-    from vllm_para.engine.adapter_slots import AdapterRegistry
-    from vllm_para.engine.runtime import host_weights_preparer
-    from vllm_para.engine.tp_layout import RankLayout
+    from vllm_para.engine.registry import AdapterRegistry
+    from vllm_para.engine.worker.runtime import host_weights_preparer
+    from vllm_para.engine.worker.tp_layout import RankLayout
     from vllm_para.tiny_models import build_random_adapter
 
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(tiny_llama)))
@@ -33,7 +33,7 @@ def registry(tiny_llama, tmp_path):
 
 
 def _slots(registry, n=2):
-    from vllm_para.engine.adapter_slots import AdapterSlots
+    from vllm_para.engine.worker.slots import AdapterSlots
 
     return AdapterSlots(registry, n, 8, registry.layout.width, "cpu", num_layers=2)
 
@@ -54,7 +54,7 @@ def test_files_read_once_then_never(registry, tmp_path):
 
 
 def test_rank_above_max_refused_at_registration(registry, tiny_llama, tmp_path):
-    from vllm_para.engine.adapter_slots import AdapterRejected
+    from vllm_para.engine.registry import AdapterRejected
     from vllm_para.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "big", r=16)

@@ -127,7 +127,7 @@ def test_para_engine_config(tiny_llama, tmp_path):
 
 def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
     """Frontend state belongs to the engine's config, not to the module."""
-    from vllm_para.engine.frontend import frontend_registry
+    from vllm_para.engine.frontend.admission import frontend_registry
     from vllm_para.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "a")
@@ -140,7 +140,7 @@ def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
 
 
 def test_page_ledger_admits_up_to_capacity():
-    from vllm_para.engine.scheduler import PageLedger
+    from vllm_para.engine.frontend.scheduler import PageLedger
 
     ledger = PageLedger(2)
     assert ledger.try_reserve("a") and ledger.try_reserve("b")

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # `vllm_para.beam_search` needs vLLM; import it only when asked for.
     if name == "beam_search":
-        from .engine.beam_search import beam_search
+        from vllm_para.engine.frontend.beam_search import beam_search
 
         return beam_search
     raise AttributeError(f"module 'vllm_para' has no attribute {name!r}")

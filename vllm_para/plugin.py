@@ -4,7 +4,7 @@ vLLM calls `register()` in every process it starts (frontend, engine core,
 workers). It checks the vLLM version and installs the few narrow hooks PARA
 needs (listed in `PATCHES`, each checked by tests/test_vllm_hooks.py). Models
 are always vLLM's own classes; with `additional_config["para"]` their decoder
-layers' modules are wrapped after loading (engine/layers.py). Without it every
+layers' modules are wrapped after loading (engine/worker/layers.py). Without it every
 hook is a pass-through.
 """
 
@@ -29,7 +29,7 @@ PATCHES = (
     "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model",  # (the CPU runner has its own)
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._model_forward",  # per-step VG plan
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._on_request_state_removed",  # free pages
-    # engine/graph_guard.py: a step that runs the VG never replays a FULL CUDA graph
+    # engine/worker/graph_guard.py: a step that runs the VG never replays a FULL CUDA graph
     "vllm.v1.worker.gpu_model_runner.GPUModelRunner._determine_batch_execution_and_padding",
     "vllm.v1.cudagraph_dispatcher.CudagraphDispatcher.dispatch",
 )
@@ -52,7 +52,11 @@ def check_vllm_version() -> str:
 def _wrap_create_engine_config(original):
     @functools.wraps(original)
     def create_engine_config(self, *args, **kwargs):
-        from .engine.frontend import check_engine_config, prepare_engine_args, settings_of
+        from vllm_para.engine.frontend.admission import (
+            check_engine_config,
+            prepare_engine_args,
+            settings_of,
+        )
 
         settings = settings_of(self)
         if settings is not None:
@@ -68,7 +72,10 @@ def _wrap_create_engine_config(original):
 def _wrap_process_inputs(original):
     @functools.wraps(original)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):
-        from .engine.frontend import admit_request, check_request_params
+        from vllm_para.engine.frontend.admission import (
+            admit_request,
+            check_request_params,
+        )
 
         pooled = check_request_params(self.vllm_config, params)
         request = original(self, request_id, prompt, params, *args, **kwargs)
@@ -81,7 +88,7 @@ def _admit_prebuilt(engine, prompt) -> None:
     """vLLM still accepts a ready `EngineCoreRequest` (deprecated): admit it too."""
     from vllm.v1.engine import EngineCoreRequest
 
-    from .engine.frontend import admit_request, check_request_params
+    from vllm_para.engine.frontend.admission import admit_request, check_request_params
 
     if isinstance(prompt, EngineCoreRequest):
         pooled = check_request_params(engine.vllm_config, prompt.sampling_params)
@@ -117,10 +124,11 @@ def register() -> None:
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    from .engine.prefix_cache import install_prefix_cache_keys
+    from vllm_para.engine.frontend.prefix_cache import install_prefix_cache_keys
+    from vllm_para.engine.worker.graph_guard import install_graph_guard
+    from vllm_para.engine.worker.runner_hooks import install_runner_hooks
+
     from .patching import wrap_attribute
-    from .engine.graph_guard import install_graph_guard
-    from .engine.runner_hooks import install_runner_hooks
     from .server.install import install_server_hooks
 
     wrap_attribute(EngineArgs, "create_engine_config", _wrap_create_engine_config)

@@ -30,9 +30,14 @@ import weakref
 from collections import OrderedDict
 from pathlib import Path
 
-from ..engine.adapter_slots import AdapterRejected, RegisteredAdapter, UnknownAdapterError
-from ..engine.frontend import FrontendState
-from ..engine.settings import adapter_name_problem
+from vllm_para.engine.frontend.admission import FrontendState
+from vllm_para.engine.frontend.settings import adapter_name_problem
+from vllm_para.engine.registry import (
+    AdapterRejected,
+    RegisteredAdapter,
+    UnknownAdapterError,
+)
+
 from .metrics import ADAPTER_CACHE, COLD_LOAD_SECONDS
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level

@@ -14,7 +14,12 @@ from __future__ import annotations
 import contextvars
 import functools
 
-from ..engine.settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PooledPrefix
+from vllm_para.engine.frontend.settings import (
+    REQUEST_ADAPTER_KEY,
+    REQUEST_POOL_LEN_KEY,
+    PooledPrefix,
+)
+
 from .metrics import count_request, count_tokens
 from .openai_models import requested_adapter
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 
-from ..engine.settings import ADDITIONAL_CONFIG_KEY, PARASettingsError, parse_module_specs
+from vllm_para.engine.frontend.settings import (
+    ADDITIONAL_CONFIG_KEY,
+    PARASettingsError,
+    parse_module_specs,
+)
 
 HELP = {
     "enable_para": "Serve PARA adapters (arXiv 2502.01033) on this base model. Requests select one by "

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 
+from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
+
 from .beam_search import in_beam_search, with_beam_adapter
 from .metrics import BASE_LABEL, count_request, count_tokens
-from ..engine.settings import REQUEST_ADAPTER_KEY
 
 
 def _adapter_of(sampling_params, registry) -> str | None:
@@ -27,7 +28,7 @@ def wrap_generate(original):
     counts requests and generated tokens per adapter."""
     from vllm.sampling_params import RequestOutputKind
 
-    from ..engine.frontend import frontend_state
+    from vllm_para.engine.frontend.admission import frontend_state
 
     @functools.wraps(original)
     async def generate(self, prompt, sampling_params, request_id, *args, **kwargs):

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from ..engine.frontend import settings_of
+from vllm_para.engine.frontend.admission import settings_of
+
 from ..patching import wrap_attribute
 from .beam_search import wrap_beam_search
 from .cli_args import install_cli_hooks
 from .generate_hook import wrap_generate
 from .metrics import poll_worker_stats
-from .openai_models import wrap_check_model, wrap_maybe_get_adapters, wrap_model_name, wrap_show_available_models
+from .openai_models import (
+    wrap_check_model,
+    wrap_maybe_get_adapters,
+    wrap_model_name,
+    wrap_show_available_models,
+)
 from .routes import router, runtime_updating_enabled
 
 PATCHES = (

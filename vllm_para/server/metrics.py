@@ -13,7 +13,6 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
-
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
 BASE_LABEL = "__base__"
@@ -56,7 +55,7 @@ def count_tokens(adapter: str, output, cumulative: bool) -> None:
 
 
 async def poll_worker_stats(engine_client) -> None:
-    from ..engine.frontend import frontend_registry
+    from vllm_para.engine.frontend.admission import frontend_registry
 
     while True:
         try:

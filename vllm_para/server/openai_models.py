@@ -8,8 +8,8 @@ import contextvars
 import functools
 from http import HTTPStatus
 
-from ..engine.frontend import frontend_registry
-from ..engine.settings import REQUEST_ADAPTER_KEY
+from vllm_para.engine.frontend.admission import frontend_registry
+from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
 
 # The PARA adapter the current HTTP request selected (each request runs in its own task):
 # by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
@@ -43,7 +43,8 @@ def _para_name(serving, model_name) -> str | None:
 async def _resolve_first_use(serving, request):
     """With --para-adapter-dir: load adapters this request names on first use
     (before admission). Returns an ErrorResponse for a refused one, else None."""
-    from ..engine.frontend import frontend_state
+    from vllm_para.engine.frontend.admission import frontend_state
+
     from .adapter_manager import AdapterLoadError, manager_of
 
     client = getattr(serving.models, "engine_client", None)
@@ -99,7 +100,7 @@ def wrap_maybe_get_adapters(original):
     def _maybe_get_adapters(self, request, *args, **kwargs):
         from vllm.exceptions import VLLMValidationError
 
-        from ..engine.frontend import check_extra_args, frontend_state
+        from vllm_para.engine.frontend.admission import check_extra_args, frontend_state
 
         client = getattr(self.models, "engine_client", None)
         state = frontend_state(getattr(client, "vllm_config", None))

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.adapter_slots import UnknownAdapterError
-from ..engine.frontend import frontend_state
+from vllm_para.engine.frontend.admission import frontend_state
+from vllm_para.engine.registry import UnknownAdapterError
+
 from .adapter_manager import AdapterLoadError, AdapterManager, manager_of
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
@@ -44,7 +45,9 @@ def runtime_updating_enabled() -> bool:
 
 
 def _error(message: str, status: HTTPStatus) -> JSONResponse:
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.entrypoints.serve.exception_handling.error_response import (
+        create_error_response,
+    )
 
     err_type = "NotFoundError" if status == HTTPStatus.NOT_FOUND else "BadRequestError"
     body = create_error_response(message, err_type=err_type, status_code=status)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core import scale
-from . import ops  # noqa: F401  (registers torch.ops.vllm_para.compute_vectors)
+from vllm_para.core import scale
+from vllm_para.engine.worker import ops  # noqa: F401  (registers torch.ops.vllm_para.compute_vectors)
 
 WRAPPED = ("input_layernorm", "self_attn.qkv_proj", "mlp.gate_up_proj")
 

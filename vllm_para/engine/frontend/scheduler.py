@@ -30,7 +30,11 @@ import copy
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from .settings import REQUEST_ADAPTER_KEY, PARASettings, page_capacity
+from vllm_para.engine.frontend.settings import (
+    REQUEST_ADAPTER_KEY,
+    PARASettings,
+    page_capacity,
+)
 
 
 def is_para_request(request) -> bool:

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-
 import threading
 from collections import Counter
 
-from ..config import ModelShape
-from .adapter_slots import AdapterRegistry
-from .settings import (
+from vllm_para.config import ModelShape
+from vllm_para.engine.frontend.settings import (
     INTERNAL_KEYS,
     REQUEST_ADAPTER_KEY,
     REQUEST_CACHE_KEY,
@@ -37,6 +35,7 @@ from .settings import (
     PooledPrefix,
     adapter_name_problem,
 )
+from vllm_para.engine.registry import AdapterRegistry
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
@@ -146,7 +145,7 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
             f"PARA installs its own scheduler (page-aware admission); --scheduler-cls {args.scheduler_cls!r} "
             "cannot be combined with it."
         )
-    from .worker_extension import EXTENSION_QUALNAME
+    from vllm_para.engine.worker.extension import EXTENSION_QUALNAME
 
     current = getattr(args, "worker_extension_cls", "")
     if current and current != EXTENSION_QUALNAME:
@@ -162,7 +161,10 @@ def _runtime_updating_enabled() -> bool:
 
 def check_engine_config(vllm_config, settings: PARASettings) -> None:
     """Validate the built config and every registered adapter; fail before start-up."""
-    from .scheduler import ASYNC_SCHEDULER_QUALNAME, SCHEDULER_QUALNAME
+    from vllm_para.engine.frontend.scheduler import (
+        ASYNC_SCHEDULER_QUALNAME,
+        SCHEDULER_QUALNAME,
+    )
 
     archs = list(vllm_config.model_config.architectures or [])
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
@@ -171,7 +173,7 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
         )
     sched = vllm_config.scheduler_config
     # Chunked prefill stays as configured for base requests; the PARA scheduler
-    # prefills PARA prompts in one step (engine/scheduler.py).
+    # prefills PARA prompts in one step (engine/frontend/scheduler.py).
     if sched.long_prefill_token_threshold:
         logger.warning("PARA: setting long_prefill_token_threshold to 0 (a PARA prompt is prefilled in one step).")
         sched.long_prefill_token_threshold = 0
@@ -200,11 +202,11 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
 def _keep_vg_out_of_cuda_graphs(vllm_config) -> None:
     """On GPU, run the VG op between CUDA-graph pieces (like attention), so its
     host-side plan is read at every replay. A step that must run the VG never
-    replays a FULL graph (engine/graph_guard.py); FULL graphs of decode-only
+    replays a FULL graph (engine/worker/graph_guard.py); FULL graphs of decode-only
     steps skip the op, which has nothing to do there."""
     from vllm.platforms import current_platform
 
-    from .ops import OP_NAME
+    from vllm_para.engine.worker.ops import OP_NAME
 
     splitting_ops = vllm_config.compilation_config.splitting_ops
     if current_platform.is_cuda_alike() and splitting_ops is not None and OP_NAME not in splitting_ops:

@@ -6,8 +6,8 @@ the runner hooks and the worker extension reach it through the runner's model,
 so two engines never share it.
 
 Nothing here may raise inside a forward because of what a request carries:
-admission (engine/frontend.py) validated every request field, the scheduler
-(engine/scheduler.py) admits PARA requests only while a page is free, and
+admission (engine/frontend/admission.py) validated every request field, the scheduler
+(engine/frontend/scheduler.py) admits PARA requests only while a page is free, and
 adapter weights are in host memory from registration on. What is left are
 invariant checks: they fail loudly with a message naming the broken invariant.
 """
@@ -21,14 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelShape, PARAConfig
-from ..core import VGWeights, expand_to_all_targets
-from .adapter_slots import AdapterRegistry, AdapterSlots
-from .layers import WRAPPED, local_layers, wrap_layers
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, PARASettings, page_capacity
-from .step_plan import StepPlan, VGGroup
-from .tp_layout import RankLayout
-from .vector_pages import VectorPages
+from vllm_para.config import ModelShape, PARAConfig
+from vllm_para.core import VGWeights, expand_to_all_targets
+from vllm_para.engine.frontend.settings import (
+    REQUEST_ADAPTER_KEY,
+    REQUEST_POOL_LEN_KEY,
+    REQUEST_VERSION_KEY,
+    PARASettings,
+    page_capacity,
+)
+from vllm_para.engine.registry import AdapterRegistry
+from vllm_para.engine.worker.layers import WRAPPED, local_layers, wrap_layers
+from vllm_para.engine.worker.slots import AdapterSlots
+from vllm_para.engine.worker.step_plan import StepPlan, VGGroup
+from vllm_para.engine.worker.tp_layout import RankLayout
+from vllm_para.engine.worker.vector_pages import VectorPages
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
@@ -129,7 +136,7 @@ class PARARuntime:
                 raise RuntimeError(
                     f"PARA request {rid}: its prompt (tokens 0..{prompt_len - 1}) is not prefilled in one "
                     f"step (computed={computed}, scheduled={end - start}, pooling={pooling}). PARA needs "
-                    "its scheduler (engine/scheduler.py) and prefix-cache keys that include the adapter and prompt."
+                    "its scheduler (engine/frontend/scheduler.py) and prefix-cache keys that include the adapter and prompt."
                 )
             todo[(name, entry.version)].append((page, start - computed, start - computed + prompt_len))
             fills.append(rid)
@@ -179,8 +186,11 @@ def host_weights_preparer(layout: RankLayout, layers: tuple[int, int], pin: bool
 
 def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings, device) -> PARARuntime:
     """After vLLM loaded `model`: build its side buffer, slots and registry and
-    wrap its decoder layers' PARA modules (engine/layers.py)."""
-    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+    wrap its decoder layers' PARA modules (engine/worker/layers.py)."""
+    from vllm.distributed import (
+        get_tensor_model_parallel_rank,
+        get_tensor_model_parallel_world_size,
+    )
 
     hf_config = vllm_config.model_config.hf_config
     text_config = getattr(hf_config, "text_config", None) or hf_config

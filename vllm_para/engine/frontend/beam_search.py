@@ -13,7 +13,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_POOL_LEN_KEY, PooledPrefix
+from vllm_para.engine.frontend.settings import (
+    REQUEST_ADAPTER_KEY,
+    REQUEST_POOL_LEN_KEY,
+    PooledPrefix,
+)
 
 _SALT_PREFIX = "para-beam:"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core import pool_last, pool_prompts, vg_forward
-from .step_plan import current_plan
+from vllm_para.core import pool_last, pool_prompts, vg_forward
+from vllm_para.engine.worker.step_plan import current_plan
 
 _LIB = torch.library.Library("vllm_para", "FRAGMENT")  # lives as long as this module
 OP_NAME = "vllm_para::compute_vectors"

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 
-from .graph_guard import check_not_full_graph, current_cudagraph_mode
-from .runtime import runtime_of
-from .settings import PARASettings
-from .step_plan import set_plan
-
+from vllm_para.engine.frontend.settings import PARASettings
+from vllm_para.engine.worker.graph_guard import (
+    check_not_full_graph,
+    current_cudagraph_mode,
+)
+from vllm_para.engine.worker.runtime import runtime_of
+from vllm_para.engine.worker.step_plan import set_plan
 
 
 def _wrap_request_removed(original):
@@ -62,7 +64,7 @@ def _wrap_load_model(original):
         result = original(self, *args, **kwargs)
         settings = PARASettings.from_additional_config(self.vllm_config.additional_config)
         if settings is not None:
-            from .runtime import install_runtime
+            from vllm_para.engine.worker.runtime import install_runtime
 
             install_runtime(self.get_model(), self.vllm_config, settings, self.device)
         return result
@@ -73,7 +75,7 @@ def _wrap_load_model(original):
 def install_runner_hooks() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from ..patching import wrap_attribute
+    from vllm_para.patching import wrap_attribute
 
     wrap_attribute(GPUModelRunner, "load_model", _wrap_load_model)
     try:

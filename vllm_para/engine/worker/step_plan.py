@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapter_slots import SlotWeights
+from vllm_para.engine.worker.slots import SlotWeights
 
 
 @dataclass

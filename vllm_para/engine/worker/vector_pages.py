@@ -11,9 +11,7 @@ its vectors depend only on its prompt, so recompute reuses them unchanged.
 
 from __future__ import annotations
 
-
 import torch
-
 
 UNIT_PAGE = 0
 

@@ -45,7 +45,7 @@ import functools
 import inspect
 from contextvars import ContextVar
 
-from .settings import REQUEST_ADAPTER_KEY
+from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
 
 # Everything the graph guard changes in vLLM (checked by tests/test_graph_guard.py).
 PATCHES = (
@@ -120,7 +120,7 @@ def check_not_full_graph(mode, plan_nonempty: bool) -> None:
         raise PARAGraphModeError(
             "vllm-para: this step must compute PARA vectors (a PARA prompt is in its prefill step) but vLLM "
             "dispatched it to a FULL CUDA graph, in which the vllm_para::compute_vectors op does not run: the "
-            "prompt would decode with stale vectors. The graph guard (vllm_para.engine.graph_guard."
+            "prompt would decode with stale vectors. The graph guard (vllm_para.engine.worker.graph_guard."
             "install_graph_guard) is missing or vLLM changed how it picks the graph mode; as a workaround "
             "serve with --compilation-config '{\"cudagraph_mode\": \"PIECEWISE\"}' or --enforce-eager."
         )
@@ -202,7 +202,7 @@ def install_graph_guard() -> None:
     from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from ..patching import wrap_attribute
+    from vllm_para.patching import wrap_attribute
 
     wrap_attribute(GPUModelRunner, "_determine_batch_execution_and_padding", _wrap_determine_batch_execution)
     wrap_attribute(CudagraphDispatcher, "dispatch", _wrap_dispatch)

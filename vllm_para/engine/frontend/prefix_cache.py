@@ -11,7 +11,11 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from .settings import REQUEST_ADAPTER_KEY, REQUEST_CACHE_KEY, REQUEST_POOL_LEN_KEY
+from vllm_para.engine.frontend.settings import (
+    REQUEST_ADAPTER_KEY,
+    REQUEST_CACHE_KEY,
+    REQUEST_POOL_LEN_KEY,
+)
 
 
 def para_block_key(request) -> tuple | None:
@@ -49,6 +53,6 @@ def _wrap(original):
 def install_prefix_cache_keys() -> None:
     from vllm.v1.core import kv_cache_utils
 
-    from ..patching import wrap_attribute
+    from vllm_para.patching import wrap_attribute
 
     wrap_attribute(kv_cache_utils, "generate_block_hash_extra_keys", _wrap)

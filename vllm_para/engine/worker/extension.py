@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .runtime import PARARuntime, runtime_of
+from vllm_para.engine.worker.runtime import PARARuntime, runtime_of
 
-EXTENSION_QUALNAME = "vllm_para.engine.worker_extension.PARAWorkerExtension"
+EXTENSION_QUALNAME = "vllm_para.engine.worker.extension.PARAWorkerExtension"
 
 
 class PARAWorkerExtension:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelShape
+from vllm_para.config import ModelShape
 
 
 @dataclass(frozen=True)
