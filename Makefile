@@ -20,3 +20,17 @@ bench: venv
 
 soak: venv  ## soak one real `vllm serve --enable-para` (not CI): make soak SOAK_ARGS="--requests 300"
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
+# --- Do adapters help? (vllm_para.tasks): pretrained base, five tasks, adapters evaluated through vLLM
+.PHONY: pretrain eval-small reproduce-quick reproduce
+
+pretrain: venv  ## build (or find) the cached pretrained base model (~/.cache/vllm-para/base-default-*)
+	$(PY) -m vllm_para.tasks.pretrain
+
+eval-small: venv  ## <= 5 min once the base is cached: PARA per task vs the base model, served by vLLM
+	$(PY) -m vllm_para.tasks.study --preset quick --run-id $(or $(RUN_ID),quick-$(shell date +%Y%m%d-%H%M%S))
+
+reproduce-quick: eval-small
+
+reproduce: venv  ## the whole study (methods x tasks x seeds, LR grid, ablations): make reproduce STUDY_ARGS="--set seeds=[0]"
+	$(PY) -m vllm_para.tasks.study --preset full --run-id $(or $(RUN_ID),full-$(shell date +%Y%m%d-%H%M%S)) $(STUDY_ARGS)

@@ -1,0 +1,120 @@
+"""The study runner (vllm_para.tasks.study): job planning, the matched LoRA rank, the
+first-token (static) PARA export, vector dispersion; and `reproduce-quick` end to end
+(trained adapters served by vLLM beat the untrained base on their tasks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from vllm_para.tasks import TASK_NAMES, get_task, write_jsonl
+from vllm_para.tasks import study
+
+
+@pytest.fixture(scope="module")
+def micro_base(tmp_path_factory):
+    """A few-step pretrained base (not fluent; its tokenizer adds BOS like the real one)."""
+    from vllm_para.tasks import pretrain
+
+    recipe = dict(pretrain.RECIPES["quick"], steps=2, documents=200, tokenizer_documents=200, vocab_size=400,
+                  batch_size=4)
+    return pretrain.pretrain(tmp_path_factory.mktemp("micro_base"), recipe, log=lambda m: None)
+
+
+def test_job_planning():
+    cfg = study.StudyConfig(seeds=(0, 1, 2))
+    grid = study.grid_jobs(cfg)
+    scopes = len(TASK_NAMES) + 1
+    assert len(grid) == sum(len(cfg.lr_grid[m]) for m in cfg.methods) * scopes
+    assert len({j.id for j in grid}) == len(grid)
+    chosen = {(j.label, j.task): j.lr for j in grid}
+    extra = study.phase_b_jobs(cfg, chosen)
+    seeds = [j for j in extra if j.group == "main"]
+    assert len(seeds) == len(cfg.methods) * scopes * 2 and {j.seed for j in seeds} == {1, 2}
+    ablations = [j for j in extra if j.group != "main"]
+    n_variants = sum(len(v) for v in study.ABLATIONS.values())
+    assert len(ablations) == n_variants * len(cfg.ablation_tasks)
+    assert all(j.lr == chosen[("para", j.task)] for j in ablations)
+    engines = {j.label: j.engine for j in grid}
+    assert engines == {"para": "para", "lora_matched": "lora", "lora_r8": "lora", "ia3": "transformers",
+                       "bitfit": "transformers"}
+    assert study.Job("para[r=4]", "qa", 0.01, 0, ()).id == "para-r4__qa__lr0.01__s0"
+
+
+def test_matched_lora_rank(micro_base):
+    from transformers import AutoConfig
+
+    from vllm_para.config import ModelShape, PARAConfig
+    from vllm_para.core import param_count
+
+    shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(micro_base)))
+    para = param_count(PARAConfig(base_model_name_or_path="x", r=12, targets=("q", "v", "u"), **shape.model_dump()))
+    r = study.matched_lora_rank(micro_base, ("q_proj", "v_proj", "up_proj"))
+    per_rank = shape.num_hidden_layers * (3 * shape.hidden_size + shape.q_size + shape.kv_size + shape.intermediate_size)
+    assert abs(r * per_rank - para) <= per_rank / 2
+
+
+def test_first_token_pooling_exports_an_equivalent_static_adapter(micro_base, tmp_path):
+    """PARA trained with first-token pooling (the static control) is served as an adapter with
+    W_up = 0 and b_up = its (constant) vectors: same logits as the trained model, any prompt."""
+    from vllm_para.adapter import load_adapter
+    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.train import TrainArgs
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(get_task("qa").generate("train", 24), tmp_path / "qa.jsonl")
+    args = TrainArgs(base_model=str(micro_base), data=data, output=tmp_path / "trained", method="para", r=4,
+                     targets=("q", "v", "u"), pooling="mean", lr=5e-2, max_steps=3, batch_size=8, save_steps=0,
+                     device="cpu", progress=False, lr_scheduler_type="constant")
+    result = study._train_first_token(args)
+    study._export_static(result, tmp_path / "static")
+    static = load_adapter(tmp_path / "static")
+    assert static.config.pooling == "last" and float(static.weights.up.abs().max()) == 0.0
+    assert float((static.weights.up_bias - 1).abs().max()) > 1e-4  # it learned something
+
+    tok = AutoTokenizer.from_pretrained(str(micro_base))
+    prompts = [e.prompt for e in get_task("qa").generate("test", 3)] + ["Schema: people\nSQL:"]
+    ref = PARAReferenceModel.from_pretrained(micro_base, adapters={"static": tmp_path / "static"})
+    trained = result.model
+    for p in prompts:
+        ids = torch.tensor([tok(p)["input_ids"]])
+        assert ids[0, 0] == tok.bos_token_id
+        with torch.no_grad():
+            want = trained(ids, prompt_spans=torch.tensor([[0, 1]])).logits
+            got = ref(ids, adapter_names=["static"]).logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_dispersion_stats():
+    static = [torch.ones(5, 8) * 1.3]  # the same vector for every prompt
+    varying = [1 + torch.randn(5, 8, generator=torch.Generator().manual_seed(0))]
+    s = study.dispersion_stats({"a": static, "b": varying})
+    assert s["a"][0]["varying_share"] == pytest.approx(0.0, abs=1e-6)
+    assert s["a"][0]["cos_dispersion"] == pytest.approx(0.0, abs=1e-6)
+    assert s["b"][0]["varying_share"] > 0.5 and s["b"][0]["cos_dispersion"] > 0.5
+
+
+@pytest.mark.engine
+def test_reproduce_quick(tmp_path):
+    """`make reproduce-quick`: every PARA adapter, served by vLLM, beats the base model on its task."""
+    from vllm_para.tasks.pretrain import base_model_path, is_built
+
+    if not is_built(base_model_path("default")):
+        pytest.skip("the pretrained base is not cached: run `make pretrain` first (about 10 minutes)")
+    run_dir = study.run(study.PRESETS["quick"], tmp_path / "results" / "quick", tmp_path / "work", log=lambda m: None)
+    with (run_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(study.COLUMNS)
+    test = {(r["method"], r["task"]): float(r["value"]) for r in rows
+            if r["split"] == "test" and r["metric"] == get_task(r["task"]).metric}
+    for t in TASK_NAMES:
+        assert test[("para", t)] > test[("base", t)], (t, test[("para", t)], test[("base", t)])
+    assert {r["engine"] for r in rows if r["method"] == "para"} == {"vllm"}
+    report = (run_dir / "report.md").read_text()
+    assert "Served = reference" in report
+    line = next(l for l in report.splitlines() if "identical** greedy" in l)
+    compared = json.loads("[" + line.split("**")[1].split(" ")[0].replace("/", ",") + "]")
+    assert compared[0] == compared[1] > 0
