@@ -446,9 +446,13 @@ def test_baselines_train_and_save(method, tiny_llama, toy_data, tmp_path):
 
 
 def test_one_training_path():
-    """The hand-written loop is gone: no optimizer or backward call in the package."""
+    """The hand-written adapter-training loop is gone: no optimizer or backward call in the
+    package, except the from-scratch pretraining of the evaluation's base model."""
     offenders = []
+    exempt = {ROOT / "vllm_para" / "tasks" / "pretrain.py"}
     for path in (ROOT / "vllm_para").rglob("*.py"):
+        if path in exempt:
+            continue
         text = path.read_text()
         if re.search(r"torch\.optim\.|\.backward\(|optimizer\.step\(", text):
             offenders.append(str(path.relative_to(ROOT)))
