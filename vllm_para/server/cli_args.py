@@ -66,6 +66,11 @@ def fold_para_args(args: argparse.Namespace, engine_args) -> None:
         para["max_cpu_adapters"] = args.max_cpu_para_adapters
     additional[ADDITIONAL_CONFIG_KEY] = para
     engine_args.additional_config = additional
+    # Extra API-server processes (--api-server-count > 1, vLLM's default under data
+    # parallelism) rebuild their engine args from this namespace before any plugin is
+    # loaded there: give them the folded config, not flags only PARA's hook understands.
+    if hasattr(args, "additional_config"):
+        args.additional_config = additional
 
 
 def _wrap_add_cli_args(original):
