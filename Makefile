@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (they create .venv/ if missing).
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench soak
+.PHONY: venv demo test test-fast bench soak test-ray fleet
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -34,3 +34,9 @@ reproduce-quick: eval-small
 
 reproduce: venv  ## the whole study (methods x tasks x seeds, LR grid, ablations): make reproduce STUDY_ARGS="--set seeds=[0]"
 	$(PY) -m vllm_para.tasks.study --preset full --run-id $(or $(RUN_ID),full-$(shell date +%Y%m%d-%H%M%S)) $(STUDY_ARGS)
+
+test-ray: venv  ## Ray TP=2 with PARA adapters (skips without ray, or where vLLM's build refuses Ray)
+	$(PY) -m pytest -q -rs tests/test_ray.py
+
+fleet: venv  ## 1,000 adapters loaded on first use, PARA vs vLLM multi-LoRA (not CI): make fleet FLEET_ARGS="--fleet-adapters 200"
+	$(PY) -m loadtests.compare --scenario fleet $(FLEET_ARGS)

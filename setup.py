@@ -27,7 +27,8 @@ setup(
         # transformers' Trainer needs accelerate; --report-to tensorboard also needs tensorboard.
         "train": ["peft>=0.12", "accelerate>=1.1"],
         "test": ["pytest>=8", "pytest-timeout", "peft>=0.12", "accelerate>=1.1", "requests"],
-        "loadtest": ["locust>=2.20", "matplotlib", "requests", "peft>=0.12"],
+        # ray: `make test-ray` and --distributed-executor-backend ray (not needed by `make test`)
+        "loadtest": ["locust>=2.20", "matplotlib", "requests", "peft>=0.12", "ray>=2.40"],
     },
     entry_points={
         "vllm.general_plugins": ["para = vllm_para.plugin:register"],
