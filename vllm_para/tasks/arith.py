@@ -13,7 +13,8 @@ from .base import Task, TaskExample, split3
 from .metrics import final_number_correct, mean
 from .world import pools
 
-MAX_VALUE = 40
+MAX_VALUE = 20
+MAX_STEP = 8
 
 START = split3(("{n} has {k} {i}.", "At first {n} owns {k} {i}.", "{n} starts the day with {k} {i}.",
                 "In the morning {n} holds {k} {i}."), 2, 1)
@@ -46,13 +47,13 @@ def _generate(split: str, n: int, rng: random.Random) -> list[TaskExample]:
         steps = 1 + i % 4  # 1..4 steps, balanced
         name, other = rng.sample(ents["names"], 2)
         item = rng.choice(ents["items"])
-        value = start = rng.randint(2, 25)
+        value = start = rng.randint(2, 14)
         sentences = [rng.choice(START[split]).format(n=name, k=value, i=item)]
         ops = []
         for _ in range(steps):
             can_add, can_sub = value < MAX_VALUE - 1, value > 1
             op = "+" if (can_add and (not can_sub or rng.random() < 0.5)) else "-"
-            k = rng.randint(1, min(12, MAX_VALUE - value)) if op == "+" else rng.randint(1, min(12, value - 1))
+            k = rng.randint(1, min(MAX_STEP, MAX_VALUE - value)) if op == "+" else rng.randint(1, min(MAX_STEP, value - 1))
             value = value + k if op == "+" else value - k
             ops.append((op, k))
             sentences.append(rng.choice((ADD if op == "+" else SUB)[split]).format(n=name, m=other, k=k, i=item))
@@ -72,4 +73,4 @@ def _templates(split: str) -> set[str]:
     return set(START[split]) | set(ADD[split]) | set(SUB[split]) | set(ASK[split])
 
 
-TASK = Task("arith", "multi-step arithmetic word problems (GSM-like)", "acc", 56, _generate, _score, _templates)
+TASK = Task("arith", "multi-step arithmetic word problems (GSM-like)", "acc", 48, _generate, _score, _templates)

@@ -113,7 +113,7 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
 
     multi = _cells(rows, scope="multi-task")
     if any(k[0] != "base" for k in multi):
-        L.append("## One multi-task adapter on all five tasks (test)\n")
+        L.append(f"## One multi-task adapter on all {len(tasks)} tasks mixed (test)\n")
         L += _table(multi, MAIN_ORDER, tasks, params, engines)
         L.append("")
         _bar_plot(multi, [m for m in MAIN_ORDER if any((m, t) in multi for t in tasks)], tasks,

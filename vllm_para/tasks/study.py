@@ -70,10 +70,10 @@ class StudyConfig:
     recipe: str = "default"
     tasks: tuple[str, ...] = TASK_NAMES
     n_train: int = 1000
-    n_val: int = 60
-    n_test: int = 200
-    steps: int = 120
-    multi_steps: int = 240
+    n_val: int = 50
+    n_test: int = 150
+    steps: int = 100
+    multi_steps: int = 200
     batch_size: int = 16
     methods: tuple[str, ...] = tuple(METHODS)
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
@@ -88,6 +88,7 @@ class StudyConfig:
     reference_prompts: int = 24  # per seed-0 PARA adapter, re-generated with the transformers reference
     vector_prompts: int = 40  # per task, for the dispersion analysis
     data_seed: int = 0
+    workers: int = 2  # adapters trained in parallel, one CPU thread each
 
 
 PRESETS: dict[str, StudyConfig] = {
@@ -192,13 +193,17 @@ def matched_lora_rank(base: Path, target_modules: tuple[str, ...]) -> int:
     return max(1, round(para / per_rank))
 
 
-def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, log) -> dict:
+def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, log=None, threads: int | None = None) -> dict:
     """Train one adapter with the project's trainer (skipped when already done)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = work / "adapters" / job.id
     done = out / "DONE.json"
     if done.is_file():
         return json.loads(done.read_text())
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from ..train import TrainArgs, train
 
@@ -231,6 +236,21 @@ def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, lo
     done.write_text(json.dumps(info) + "\n")
     log(f"  trained {job.id}: {result.trainable_params} params, loss {result.train_loss:.3f}, {info['seconds']} s")
     return info
+
+
+def train_all(jobs: list[Job], base: Path, data: Data, cfg: StudyConfig, work: Path, log) -> dict[str, dict]:
+    """Train `jobs` (`cfg.workers` processes in parallel, one thread each; done ones are skipped)."""
+    todo = [j for j in jobs if not (work / "adapters" / j.id / "DONE.json").is_file()]
+    log(f"  {len(jobs) - len(todo)} of {len(jobs)} adapters already trained; training {len(todo)}")
+    if todo and cfg.workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(train_job, j, base, data, cfg, work, None, 1) for j in todo]
+            for f in futures:
+                f.result()
+    return {j.id: train_job(j, base, data, cfg, work, log) for j in jobs}
 
 
 def _train_first_token(args):
@@ -339,9 +359,10 @@ class Predictions:
 
 def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predictions, log,
              include_base: bool = False) -> dict[str, float]:
-    """Generate (val + test) for every job not yet cached: one subprocess per engine."""
-    seconds = {}
+    """Generate (val + test) for every job not yet cached: one subprocess per engine, the
+    engines running concurrently."""
     splits = ("val", "test")
+    procs = {}
     for engine in ("para", "lora", "transformers"):
         group = [j for j in jobs if j.engine == engine]
         reqs = _requests(group, data, splits, set(preds.rows), include_base and engine == "para")
@@ -350,7 +371,8 @@ def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predict
         needed = {r["adapter"] for r in reqs if r["adapter"]}
         spec = {"engine": engine, "base": str(base), "requests": reqs,
                 "adapters": {j.id: str(work / "adapters" / j.id) for j in group if j.id in needed},
-                "out": str(work / "generations" / f"{engine}-{int(time.time())}.jsonl"), "max_lora_rank": 16}
+                "out": str(work / "generations" / f"{engine}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"),
+                "max_lora_rank": 16}
         if engine == "lora":
             spec["max_lora_rank"] = max(16, max(_lora_rank(work / "adapters" / a) for a in spec["adapters"]))
         spec_path = Path(spec["out"]).with_suffix(".spec.json")
@@ -358,11 +380,16 @@ def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predict
         spec_path.write_text(json.dumps(spec))
         where = "in one engine" if engine != "transformers" else "one at a time (transformers)"
         log(f"  {engine}: {len(reqs)} requests, {len(spec['adapters'])} adapters {where} ...")
-        start = time.time()
-        proc = subprocess.run([sys.executable, "-m", "vllm_para.tasks.generate", str(spec_path)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{engine} generation failed:\n{proc.stderr[-4000:]}")
+        err = open(Path(spec["out"]).with_suffix(".log"), "w")
+        procs[engine] = (subprocess.Popen([sys.executable, "-m", "vllm_para.tasks.generate", str(spec_path)],
+                                          stdout=err, stderr=subprocess.STDOUT), spec, time.time(), err)
+    seconds = {}
+    for engine, (proc, spec, start, err) in procs.items():
+        rc = proc.wait()
+        err.close()
+        if rc != 0:
+            tail = Path(err.name).read_text()[-4000:]
+            raise RuntimeError(f"{engine} generation failed (log {err.name}):\n{tail}")
         rows = [json.loads(line) for line in Path(spec["out"]).read_text().splitlines() if line.strip()]
         preds.add(rows, {"para": "vllm", "lora": "vllm-lora", "transformers": "transformers"}[engine])
         seconds[engine] = round(time.time() - start, 1)
@@ -516,7 +543,7 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     log("[study] phase A: learning-rate grid, seed 0")
     grid = grid_jobs(cfg)
     t = time.time()
-    infos = {j.id: train_job(j, base, data, cfg, work, log) for j in grid}
+    infos = train_all(grid, base, data, cfg, work, log)
     timings["train_grid_s"] = round(time.time() - t, 1)
     timings.update({f"eval_A_{k}_s": v for k, v in evaluate(grid, base, data, work, preds, log, include_base=True).items()})
     chosen = choose_lrs(cfg, grid, data, preds)
@@ -524,7 +551,7 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     log("[study] phase B: more seeds and ablations at the chosen rates")
     extra = phase_b_jobs(cfg, chosen)
     t = time.time()
-    infos.update({j.id: train_job(j, base, data, cfg, work, log) for j in extra})
+    infos.update(train_all(extra, base, data, cfg, work, log))
     timings["train_B_s"] = round(time.time() - t, 1)
     timings.update({f"eval_B_{k}_s": v for k, v in evaluate(extra, base, data, work, preds, log).items()})
 
