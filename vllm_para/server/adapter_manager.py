@@ -141,8 +141,8 @@ class AdapterManager:
             task = asyncio.get_running_loop().create_task(self._load_from_dir(name, str(path)))
             self._first_use[name] = task
             task.add_done_callback(lambda _t, n=name: self._first_use.pop(n, None))
+        self._pin(name)  # before awaiting: another first use's eviction must not take it from under us
         await asyncio.shield(task)
-        self._pin(name)
         return name in registry
 
     async def _load_from_dir(self, name: str, path: str) -> None:
