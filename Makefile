@@ -22,7 +22,7 @@ soak: venv  ## soak one real `vllm serve --enable-para` (not CI): make soak SOAK
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 # --- Do adapters help? (vllm_para.tasks): pretrained base, five tasks, adapters evaluated through vLLM
-.PHONY: pretrain eval-small reproduce-quick reproduce
+.PHONY: pretrain eval-small reproduce-quick reproduce test-study
 
 pretrain: venv  ## build (or find) the cached pretrained base model (~/.cache/vllm-para/base-default-*)
 	$(PY) -m vllm_para.tasks.pretrain
@@ -31,6 +31,9 @@ eval-small: venv  ## <= 5 min once the base is cached: PARA per task vs the base
 	$(PY) -m vllm_para.tasks.study --preset quick --run-id $(or $(RUN_ID),quick-$(shell date +%Y%m%d-%H%M%S))
 
 reproduce-quick: eval-small
+
+test-study: venv  ## the end-to-end study test (not in `make test`): needs `make pretrain` first
+	VLLM_PARA_STUDY_TESTS=1 $(PY) -m pytest -q -rs tests/test_study.py
 
 reproduce: venv  ## the whole study (methods x tasks x seeds, LR grid, ablations): make reproduce STUDY_ARGS="--set seeds=[0]"
 	$(PY) -m vllm_para.tasks.study --preset full --run-id $(or $(RUN_ID),full-$(shell date +%Y%m%d-%H%M%S)) $(STUDY_ARGS)

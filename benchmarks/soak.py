@@ -96,7 +96,7 @@ def build_assets(work: Path, n_adapters: int) -> tuple[Path, dict[str, str], dic
     """The tiny base model, the adapters, and broken adapter directories for hostile loads."""
     from safetensors.torch import load_file, save_file
 
-    from vllm_para.tiny_models import build_random_adapter, build_tiny_model
+    from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
 
     model = build_tiny_model(work / "model", arch="llama")
     adapters = {}
@@ -711,7 +711,7 @@ def main() -> int:
     hostile_frac = 0.0 if args.no_hostile else args.hostile_frac
     warmup = min(args.warmup, args.requests // 2)
 
-    from vllm_para.serve_process import VLLMServer
+    from vllm_para.testing.serve_process import VLLMServer
 
     started = datetime.now()
     run_id = f"soak-{started:%Y%m%d-%H%M%S}"

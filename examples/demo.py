@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vllm_para.datasets import TOY_WORDS, make_toy_dataset, toy_answer, toy_prompt  # noqa: E402
+from vllm_para.training.datasets import TOY_WORDS, make_toy_dataset, toy_answer, toy_prompt  # noqa: E402
 
 DEMO_WORDS = ("cat", "dog", "table", "city")
 PROMPTS = [toy_prompt(w) for w in DEMO_WORDS]
@@ -44,7 +44,7 @@ class DemoRun:
 
 
 def step_build(workdir: Path) -> DemoRun:
-    from vllm_para.tiny_models import build_tiny_model
+    from vllm_para.testing.tiny_models import build_tiny_model
 
     base = build_tiny_model(workdir / "tiny-llama", arch="llama")
     data = make_toy_dataset(workdir / "toy.jsonl", n=160, seed=0)
@@ -53,7 +53,7 @@ def step_build(workdir: Path) -> DemoRun:
 
 
 def step_train(run: DemoRun) -> None:
-    from vllm_para.train import TrainArgs, train
+    from vllm_para.training.train import TrainArgs, train
 
     # transformers' Trainer under the hood: AdamW, cosine schedule, logs every 10 steps;
     # --bf16, --gradient-accumulation-steps, --eval-data, ... are TrainArgs fields too.
@@ -82,7 +82,7 @@ def step_reference_generate(run: DemoRun) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vllm_para import ModelShape, load_adapter
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(run.base_model))
     model = AutoModelForCausalLM.from_pretrained(str(run.base_model)).eval()

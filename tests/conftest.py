@@ -12,14 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from vllm_para.tiny_models import build_tiny_model
+    from vllm_para.testing.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory):
-    from vllm_para.tiny_models import build_tiny_model
+    from vllm_para.testing.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_gemma"), arch="gemma")
 
@@ -41,6 +41,6 @@ def adapters(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference(tiny_llama, adapters):
     """The transformers reference holding those adapters: what vLLM must reproduce."""
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     return PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)

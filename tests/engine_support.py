@@ -26,7 +26,7 @@ ENGINE_KWARGS = dict(dtype="float32", gpu_memory_utilization=0.2, max_model_len=
 
 
 def build_adapters(base_model: Path, directory: Path) -> dict[str, str]:
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     paths = {}
     for i, (name, (targets, pooling, r)) in enumerate(ADAPTER_SPECS.items()):
@@ -76,7 +76,7 @@ def logprob_tolerances(model, adapters, batch, completions, floor: float = 1e-5,
     would hide real differences (e.g. between the slot and overflow VG paths)."""
     import torch
 
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     ref32 = PARAReferenceModel.from_pretrained(model, adapters=adapters)
     ref64 = PARAReferenceModel.from_pretrained(model, adapters=adapters, dtype=torch.float64)

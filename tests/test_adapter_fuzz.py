@@ -24,7 +24,7 @@ from adapter_corruptions import CONFIG_FILE, WEIGHTS_FILE, generate_corruptions,
 
 from vllm_para.adapter import PARAAdapterError, load_adapter
 from vllm_para.config import ModelShape, PARAConfigError
-from vllm_para.tiny_models import build_random_adapter
+from vllm_para.testing.tiny_models import build_random_adapter
 
 PER_CASE_S = 5.0
 MAX_RSS_GROWTH_MB = 512

@@ -34,7 +34,7 @@ def setup(tiny_llama, tmp_path):
     from vllm_para.engine.frontend.admission import FrontendState
     from vllm_para.engine.frontend.settings import PARASettings
     from vllm_para.server.adapter_manager import AdapterManager
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     root = tmp_path / "dir"
     for i in range(5):

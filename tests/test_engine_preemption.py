@@ -11,7 +11,7 @@ pytestmark = pytest.mark.engine
 
 
 def test_preemption_and_no_prefix_cache_match_reference(tiny_llama, tmp_path):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     adapters = build_adapters(tiny_llama, tmp_path)
     names = [*ADAPTER_SPECS, None]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.engine
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPU cores for 2 workers")
 @pytest.mark.parametrize("parallel", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
 def test_parallel_2_equals_1(tiny_llama, tmp_path, monkeypatch, parallel):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per worker
     adapters = build_adapters(tiny_llama, tmp_path)

@@ -31,7 +31,7 @@ HOST_CACHE = 4  # --max-cpu-para-adapters
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_llama, tmp_path_factory):
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     root = tmp_path_factory.mktemp("adapter_dir")
     for i in range(DIR_ADAPTERS):
@@ -195,7 +195,7 @@ def _unload(server, name):
 
 
 def test_runtime_load_rank_above_max_refused(server, fixed_output, tiny_llama, tmp_path):
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "big", r=32)
     _refused(_load(server, "big", tmp_path / "big"), 400, "r=32 > max_rank=16", "--max-para-rank")
@@ -320,7 +320,7 @@ def test_fuzzed_adapter_dirs_refused_at_runtime_load(server, fixed_output, adapt
 
 # ------------------------------------------------------------------ first-use loading (--para-adapter-dir)
 def _dir_reference(tiny_llama, adapter_dir, names):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     return PARAReferenceModel.from_pretrained(tiny_llama, adapters={n: str(adapter_dir / n) for n in names})
 

@@ -75,7 +75,6 @@ def test_phase_seeds_pair_systems_and_separate_phases():
 def test_small_mode_end_to_end(tmp_path):
     """The ABBA protocol for real: one server at a time, in ABBA order, warm-up excluded,
     medians and ratios computed from the per-round measurements."""
-    from loadtests import protocol as P
 
     cmd = [sys.executable, "-m", "loadtests.compare", "--mode", "small", "--systems", ",".join(SYSTEMS),
            "--concurrency", ",".join(map(str, LEVELS)), "--requests", str(REQUESTS), "--rounds", str(ROUNDS),

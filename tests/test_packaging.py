@@ -147,7 +147,7 @@ GENERATE_SCRIPT = textwrap.dedent(
 
         import vllm_para
         import vllm_para.plugin
-        from vllm_para.tiny_models import build_random_adapter, build_tiny_model
+        from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
 
         work = Path(sys.argv[1])
         model = build_tiny_model(work / "model", arch="llama")

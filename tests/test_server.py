@@ -124,12 +124,16 @@ def test_concurrent_mixed_tenants_then_no_pages(server, tiny_llama):
     assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 0.0)
 
 
-def _wait_metric(server, name, value, labels="", timeout=15):
+def _wait_metric(server, name, value, labels="", timeout=15, at_least=False):
+    """Poll /metrics until `name` equals `value` (or reaches it, `at_least`); the last value seen."""
     deadline = time.monotonic() + timeout
+    seen = None
     while time.monotonic() < deadline:
-        if server.metric(name, labels) == value:
+        seen = server.metric(name, labels)
+        if seen is not None and (seen >= value if at_least else seen == value):
             return True
-        time.sleep(0.5)
+        time.sleep(0.25)
+    print(f"{name}{labels}: last value {seen}, wanted {'>= ' if at_least else ''}{value}")
     return False
 
 
@@ -174,14 +178,18 @@ def test_runtime_load_serve_unload_cycle(server, adapters, tmp_path):
 
 
 def test_client_disconnect_frees_page(server):
-    body = {"model": "sql", "prompt": PROMPTS[0], "max_tokens": 400, "ignore_eos": True, "stream": True}
+    """The page gauge is polled from the workers once a second: the stream must outlive a poll,
+    so it asks for as many tokens as the context allows and is read slowly."""
+    pages = "vllm_para:side_buffer_pages_in_use"
+    assert _wait_metric(server, pages, 0.0)  # nothing left over from earlier tests
+    body = {"model": "sql", "prompt": PROMPTS[0], "max_tokens": 480, "ignore_eos": True, "stream": True}
     with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
         lines = r.iter_lines()
-        for _ in range(3):
-            next(lines)
-        assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 1.0)
+        next(lines)
+        assert _wait_metric(server, pages, 1.0, timeout=30, at_least=True)
+        next(lines)
     # connection closed mid-stream: vLLM aborts the request, the page returns
-    assert _wait_metric(server, "vllm_para:side_buffer_pages_in_use", 0.0, timeout=30)
+    assert _wait_metric(server, pages, 0.0, timeout=30)
     assert _complete(server, "qa", PROMPTS[1])["choices"][0]["token_ids"]
 
 

@@ -19,7 +19,7 @@ def registry(tiny_llama, tmp_path):
     from vllm_para.engine.registry import AdapterRegistry
     from vllm_para.engine.worker.runtime import host_weights_preparer
     from vllm_para.engine.worker.tp_layout import RankLayout
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(tiny_llama)))
     layout = RankLayout.build(shape, 64, 0, 1)
@@ -55,7 +55,7 @@ def test_files_read_once_then_never(registry, tmp_path):
 
 def test_rank_above_max_refused_at_registration(registry, tiny_llama, tmp_path):
     from vllm_para.engine.registry import AdapterRejected
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "big", r=16)
     with pytest.raises(AdapterRejected, match="r=16 > max_rank=8"):

@@ -197,7 +197,7 @@ def test_jsonl_roundtrip(tmp_path):
     assert set(rows[0]) >= {"prompt", "completion"}
     back = read_jsonl(path)
     assert [(e.prompt, e.completion, e.meta) for e in back] == [(e.prompt, e.completion, e.meta) for e in exs]
-    from vllm_para.datasets import load_examples
+    from vllm_para.training.datasets import load_examples
 
     assert len(load_examples(path)) == 5  # what `vllm-para train --data` reads
 

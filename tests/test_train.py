@@ -21,7 +21,7 @@ import torch
 from vllm_para import core
 from vllm_para.adapter import load_adapter
 from vllm_para.config import ModelShape
-from vllm_para.datasets import (
+from vllm_para.training.datasets import (
     TOY_COLORS,
     ChatExample,
     load_examples,
@@ -29,7 +29,7 @@ from vllm_para.datasets import (
     make_toy_dataset,
     toy_answer,
 )
-from vllm_para.train import TrainArgs, main, train, training_arguments
+from vllm_para.training.train import TrainArgs, main, train, training_arguments
 from vllm_para.training import (
     IGNORE_INDEX,
     PARADataCollator,
@@ -205,7 +205,7 @@ def test_para_param_count(para_run):
 
 
 def test_para_reloads_to_same_outputs(para_run, tiny_llama):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     result, _, tokenizer, _, args = para_run
     fresh_model, _ = _load(tiny_llama)
@@ -279,7 +279,7 @@ def test_resume_gives_same_final_adapter(tiny_llama, small_data, tmp_path):
 
 
 def test_gradient_checkpointing_gives_same_update(tiny_model, small_data, tmp_path, monkeypatch):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     calls = []
     original = PARAReferenceModel._vectors_fp32
@@ -303,7 +303,7 @@ def test_gradient_checkpointing_gives_same_update(tiny_model, small_data, tmp_pa
 
 
 def test_bf16_training_saves_loadable_adapter(tiny_llama, small_data, tmp_path):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     out = tmp_path / "bf16"
     result = train(TrainArgs(base_model=str(tiny_llama), data=small_data, output=out, device="cpu", progress=False,
@@ -321,7 +321,7 @@ def test_bf16_training_saves_loadable_adapter(tiny_llama, small_data, tmp_path):
 
 
 # ------------------------------------------------------------------- CLI
-def _run_cli(*args: str, module: str = "vllm_para.train") -> subprocess.CompletedProcess:
+def _run_cli(*args: str, module: str = "vllm_para.training.train") -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", module, *args],

@@ -1,4 +1,4 @@
-"""Adapters trained by `vllm_para.train` served by a real `vllm serve --enable-para`:
+"""Adapters trained by `vllm_para.training.train` served by a real `vllm serve --enable-para`:
 
 * a PARA adapter trained on chat data: `/v1/chat/completions` prefills exactly
   the prompt the trainer pooled (same token ids, so the same pooled token) and
@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from server_support import Server
-from vllm_para.datasets import ChatExample, make_toy_chat_dataset, make_toy_dataset, toy_chat
-from vllm_para.train import TrainArgs, train
+from vllm_para.training.datasets import ChatExample, make_toy_chat_dataset, make_toy_dataset, toy_chat
+from vllm_para.training.train import TrainArgs, train
 from vllm_para.training import chat_prompt_ids, encode_chat
 
 pytestmark = pytest.mark.server
@@ -50,7 +50,7 @@ def server(tiny_llama, trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama, trained):
-    from vllm_para.reference import PARAReferenceModel
+    from vllm_para.training.reference import PARAReferenceModel
 
     return PARAReferenceModel.from_pretrained(tiny_llama, adapters=trained)
 

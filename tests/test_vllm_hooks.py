@@ -111,7 +111,7 @@ def _engine_config(model, **kwargs):
 
 
 def test_para_engine_config(tiny_llama, tmp_path):
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "a")
     config = _engine_config(tiny_llama, additional_config={"para": {"modules": {"a": str(tmp_path / "a")}}})
@@ -128,7 +128,7 @@ def test_para_engine_config(tiny_llama, tmp_path):
 def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
     """Frontend state belongs to the engine's config, not to the module."""
     from vllm_para.engine.frontend.admission import frontend_registry
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "a")
     build_random_adapter(tiny_llama, tmp_path / "b", seed=3)
@@ -171,7 +171,7 @@ def test_engine_config_refusals(tiny_llama, kwargs, message):
 
 
 def test_adapter_for_other_base_model_refused(tiny_llama, tiny_gemma, tmp_path):
-    from vllm_para.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_gemma, tmp_path / "g", r=4)
     # same hidden size but Gemma adapters are checked against this Llama's shapes

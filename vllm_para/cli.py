@@ -7,7 +7,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "vllm_para.train"}
+    commands = {"train": "vllm_para.training.train"}
     if not argv or argv[0] not in commands:
         print(f"usage: vllm-para {{{','.join(commands)}}} [options]   (try: vllm-para train --help)")
         return 2

@@ -75,7 +75,7 @@ def _hf_generate(spec: dict, stops: list[int], batch_size: int = 32) -> list[dic
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..baselines import BITFIT_CONFIG_FILE, BitFit
+    from ..training.baselines import BITFIT_CONFIG_FILE, BitFit
 
     tok = AutoTokenizer.from_pretrained(spec["base"])
     results: dict[str, dict] = {}

@@ -259,7 +259,7 @@ def probe_base(path: Path, n: int = 48, seed: int = 123) -> dict:
         return json.loads(cached.read_text())
     from transformers import AutoTokenizer
 
-    from ..reference import PARAReferenceModel
+    from ..training.reference import PARAReferenceModel
     from . import copa, qa
     from .passages import FACT_PHRASINGS_ALL, fact_value, render_fact
     from .world import all_entities

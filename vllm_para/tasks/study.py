@@ -3,7 +3,7 @@ BitFit at similar parameter counts? (`python -m vllm_para.tasks.study --preset q
 
 1. The cached pretrained base (`pretrain.ensure_base_model`) and the five tasks'
    splits (`vllm_para.tasks`), written as training JSONL.
-2. Every method is trained by the project's trainer (`vllm_para.train.train`:
+2. Every method is trained by the project's trainer (`vllm_para.training.train.train`:
    transformers' Trainer), same data, same step budget, same batch size; per
    task, and one multi-task adapter on all five tasks mixed. Phase A trains a
    small learning-rate grid (seed 0); the rate with the best validation metric
@@ -29,23 +29,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import TASK_NAMES, get_task, read_jsonl, write_jsonl
+from . import TASK_NAMES, get_task, write_jsonl
 from .base import TaskExample
 from .pretrain import cache_dir, ensure_base_model
 
 MULTI = "multi"
 
-# label -> trainer arguments (vllm_para.train.TrainArgs fields) of the main methods
+# label -> trainer arguments (vllm_para.training.train.TrainArgs fields) of the main methods
 METHODS: dict[str, dict] = {
     "para": dict(method="para", r=12, targets=("q", "v", "u"), pooling="last"),
     # LoRA on the modules PARA scales (q, v, up) with r chosen so its trainable parameters match PARA's
@@ -205,7 +203,7 @@ def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, lo
     if threads:
         torch.set_num_threads(threads)
 
-    from ..train import TrainArgs, train
+    from ..training.train import TrainArgs, train
 
     args = job.args
     steps = cfg.multi_steps if job.task == MULTI else cfg.steps
@@ -259,7 +257,7 @@ def _train_first_token(args):
     token is always BOS, so the vectors are the same for every prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .. import train as trainer_mod
+    from ..training import train as trainer_mod
     from ..training.data import PARADataCollator
     from ..training.trainer import AdapterTrainer
 
@@ -438,7 +436,7 @@ def reference_check(jobs: list[Job], base: Path, data: Data, work: Path, preds: 
 
     from ..adapter import load_adapter
     from ..config import ModelShape
-    from ..reference import PARAReferenceModel
+    from ..training.reference import PARAReferenceModel
     from .generate import stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(str(base))
@@ -476,7 +474,7 @@ def vector_analysis(jobs: list[Job], base: Path, data: Data, work: Path, n: int)
 
     from ..adapter import load_adapter
     from ..config import ModelShape
-    from ..reference import PARAReferenceModel
+    from ..training.reference import PARAReferenceModel
 
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from ..datasets import ChatExample, Example, TrainDataError
+from .datasets import ChatExample, Example, TrainDataError
 
 IGNORE_INDEX = -100
 

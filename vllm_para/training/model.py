@@ -15,7 +15,7 @@ in the shape `transformers.Trainer` trains.
 * Gradient checkpointing goes through `PARAReferenceModel`, which makes the
   recompute of a checkpointed layer recompute its vectors.
 
-The PARA math is `vllm_para.core`, applied by `vllm_para.reference`.
+The PARA math is `vllm_para.core`, applied by `vllm_para.training.reference`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 from ..adapter import load_adapter
 from ..config import DEFAULT_TARGETS, ModelShape, PARAConfig
 from ..core import VGWeights, init_vg_weights
-from ..reference import PARAReferenceModel
+from .reference import PARAReferenceModel
 
 DEFAULT_ADAPTER_NAME = "default"
 

@@ -140,6 +140,13 @@ def prepare_engine_args(args, settings: PARASettings) -> None:
             "reach one API server only (vLLM refuses the same for LoRA). Use one API server, or name adapters "
             "at start-up with --para-modules."
         )
+    if getattr(args, "_api_process_count", 1) > 1 and settings.adapter_dir is not None:
+        raise PARASettingsError(
+            "--para-adapter-dir cannot be used with --api-server-count > 1: each API server would load adapters "
+            "on first use and evict them on its own, so one server's eviction could retire an adapter another "
+            "still serves. Add --api-server-count 1 (one API server still balances over every data-parallel "
+            "engine), or name the adapters at start-up with --para-modules."
+        )
     if getattr(args, "scheduler_cls", None):
         raise PARASettingsError(
             f"PARA installs its own scheduler (page-aware admission); --scheduler-cls {args.scheduler_cls!r} "

@@ -6,9 +6,9 @@
         [--eval-data dev.jsonl --eval-steps 100] [--save-steps 500] [--resume-from-checkpoint [DIR]] \\
         [--gradient-checkpointing] [--report-to tensorboard] [--training-arg KEY=VALUE ...]
 
-    python -m vllm_para.train ...                              # the same
-    accelerate launch -m vllm_para.train ...                   # multi-GPU (DDP), no code change
-    torchrun --nproc-per-node 4 -m vllm_para.train ...         # the same
+    python -m vllm_para.training.train ...                              # the same
+    accelerate launch -m vllm_para.training.train ...                   # multi-GPU (DDP), no code change
+    torchrun --nproc-per-node 4 -m vllm_para.training.train ...         # the same
 
 Data: JSONL, one `{"prompt": ..., "completion": ...}` or chat
 `{"messages": [{"role": ..., "content": ...}, ...]}` per line (see
@@ -17,7 +17,7 @@ pools the prompt exactly as vLLM pools the matching request).
 
 The loop is `transformers.Trainer`'s (`vllm_para.training.AdapterTrainer`:
 Trainer with adapter-format checkpoints), the model `PARAForCausalLM` (base
-frozen, VG trainable) or a baseline from `vllm_para.baselines`. The flags are
+frozen, VG trainable) or a baseline from `vllm_para.training.baselines`. The flags are
 transformers' `TrainingArguments` under their usual names; any other field is
 `--training-arg key=value` (JSON values, e.g. `optim=sgd`,
 `lr_scheduler_kwargs={"num_cycles": 2}`); it overrides the flags.
@@ -47,7 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .baselines import DEFAULT_LORA_TARGETS
-from .config import DEFAULT_TARGETS, Target
+from ..config import DEFAULT_TARGETS, Target
 from .datasets import EXPECTED, TrainDataError, load_examples
 
 Method = Literal["para", "lora", "ia3", "bitfit"]
@@ -216,7 +216,7 @@ class TrainResult:
 def prepare(model, args: TrainArgs, generator: torch.Generator | None = None) -> torch.nn.Module:
     """The module Trainer trains: the base frozen, the method's parameters trainable."""
     from . import baselines
-    from .training.model import PARAForCausalLM
+    from .model import PARAForCausalLM
 
     model.requires_grad_(False)
     if args.method == "para":
@@ -286,7 +286,7 @@ def _log(message: str) -> None:
 
 
 def _encode(tokenizer, path: Path, max_length: int, what: str):
-    from .training.data import EncodedDataset, encode_examples
+    from .data import EncodedDataset, encode_examples
 
     examples = load_examples(path)
     encoded, skipped = encode_examples(tokenizer, examples, max_length)
@@ -307,8 +307,8 @@ def train(args: TrainArgs, model=None, tokenizer=None, callbacks: list | None = 
     """
     from transformers import AutoTokenizer
 
-    from .training.data import PARADataCollator
-    from .training.trainer import AdapterTrainer
+    from .data import PARADataCollator
+    from .trainer import AdapterTrainer
 
     start = time.time()
     if tokenizer is None:
@@ -325,7 +325,7 @@ def train(args: TrainArgs, model=None, tokenizer=None, callbacks: list | None = 
     module = prepare(model, args, generator=torch.Generator().manual_seed(args.seed))
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     if args.method == "para":
-        from .core import param_count
+        from ..core import param_count
 
         expected = param_count(module.para_config)
         if trainable != expected:
@@ -336,7 +336,7 @@ def train(args: TrainArgs, model=None, tokenizer=None, callbacks: list | None = 
         # Trainer would use torch.nn.DataParallel (replicas share the PARA hooks' per-call state).
         raise RuntimeError(
             f"{training_args.n_gpu} GPUs visible to one process: launch one process per GPU "
-            "(accelerate launch / torchrun -m vllm_para.train ...) or set CUDA_VISIBLE_DEVICES to one GPU."
+            "(accelerate launch / torchrun -m vllm_para.training.train ...) or set CUDA_VISIBLE_DEVICES to one GPU."
         )
     trainer = AdapterTrainer(
         model=module,

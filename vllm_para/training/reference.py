@@ -24,9 +24,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import core
-from .adapter import PARAAdapter, load_adapter
-from .config import TARGET_ORDER, ModelShape, PARAConfig, PARAConfigError
+from .. import core
+from ..adapter import PARAAdapter, load_adapter
+from ..config import TARGET_ORDER, ModelShape, PARAConfig, PARAConfigError
 
 # target -> (module path inside a decoder layer)
 PROJECTIONS: dict[str, tuple[str, str]] = {

@@ -4,7 +4,7 @@ Each `prepare_*` takes a frozen HF causal LM and returns a module that
 `transformers.Trainer` trains as it is (`forward(input_ids, attention_mask,
 labels, num_items_in_batch)` returns the HF causal-LM loss; only the adapter's
 parameters require grad) and that saves its own format with
-`save_pretrained(directory)`. The trainer (`vllm_para.train`) is method-agnostic.
+`save_pretrained(directory)`. The trainer (`vllm_para.training.train`) is method-agnostic.
 
 LoRA and (IA)^3 go through peft (`save_pretrained`: `adapter_config.json` +
 `adapter_model.safetensors`, loadable by peft and by vLLM's LoRA support for

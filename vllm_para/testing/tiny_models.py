@@ -156,9 +156,9 @@ def build_random_adapter(
     plus a seeded random W_up, so its vectors visibly differ from ones."""
     from transformers import AutoConfig
 
-    from .adapter import PARAAdapter
-    from .config import ModelShape, PARAConfig
-    from .core import init_vg_weights
+    from ..adapter import PARAAdapter
+    from ..config import ModelShape, PARAConfig
+    from ..core import init_vg_weights
 
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(base_model)))
     config = PARAConfig(
