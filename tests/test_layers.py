@@ -89,7 +89,7 @@ def test_projection_scaled_by_its_slice_of_the_tokens_page():
 def test_residual_tap_passes_the_stream_entering_the_layer(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.ops.vllm_para, "compute_vectors",
-                        lambda stream, vectors, layer: seen.append((stream.clone(), layer)), raising=False)
+                        lambda stream, vectors, layer, key: seen.append((stream.clone(), layer)), raising=False)
     model = fake_model(2)
     wrap_layers(model, pages_for(2), 6, 10)
     x, r = torch.ones(2, 3), torch.full((2, 3), 5.0)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vllm_para.core import scale
-from vllm_para.engine.worker import ops  # noqa: F401  (registers torch.ops.vllm_para.compute_vectors)
+from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY  # (importing ops registers torch.ops.vllm_para.compute_vectors)
 
 WRAPPED = ("input_layernorm", "self_attn.qkv_proj", "mlp.gate_up_proj")
 
@@ -46,7 +46,7 @@ class ResidualTap(nn.Module):
         else:
             out = self.base_layer(x, residual, *args, **kwargs)
             stream = out[1]  # x + residual: what the layer's residual branch carries
-        torch.ops.vllm_para.compute_vectors(stream, self.para_pages.vectors, self.para_layer)
+        torch.ops.vllm_para.compute_vectors(stream, self.para_pages.vectors, self.para_layer, SIDE_BUFFER_KEY)
         return out
 
 

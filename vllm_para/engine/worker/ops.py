@@ -5,6 +5,11 @@ calls it eagerly each step (on GPU it is also a CUDA-graph break point); it
 mutates the side buffer in place and returns nothing, so its output has no
 data-dependent shape. With no prompt in the step (every decode step) it
 returns at once: decode never runs the VG.
+
+Like vLLM's attention op, it finds its engine's state by name in the forward
+context (`static_forward_context`, which belongs to the engine's
+`VllmConfig`): the side buffer registered there under `SIDE_BUFFER_KEY`
+carries the current step's plan.
 """
 
 from __future__ import annotations
@@ -12,16 +17,26 @@ from __future__ import annotations
 import torch
 
 from vllm_para.core import pool_last, pool_prompts, vg_forward
-from vllm_para.engine.worker.step_plan import current_plan
 
 _LIB = torch.library.Library("vllm_para", "FRAGMENT")  # lives as long as this module
 OP_NAME = "vllm_para::compute_vectors"
+SIDE_BUFFER_KEY = "vllm_para.side_buffer"  # in vllm_config.compilation_config.static_forward_context
 
 
-def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -> None:
+def current_side_buffer(key: str):
+    """The side buffer registered under `key` for the forward that runs now (None outside one)."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    return get_forward_context().no_compile_layers.get(key)
+
+
+def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int, key: str) -> None:
     """Pool `residual` (the stream entering `layer`) per prompt, run each
     adapter's VG, write the results into `vectors[layer, page]`."""
-    plan = current_plan()
+    pages = current_side_buffer(key)
+    plan = pages.plan if pages is not None else None
     if not plan:
         return
     layer_vectors = vectors[layer]
@@ -35,7 +50,7 @@ def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -
         layer_vectors.index_copy_(0, group.pages, out)
 
 
-def _fake(residual: torch.Tensor, vectors: torch.Tensor, layer: int) -> None:
+def _fake(residual: torch.Tensor, vectors: torch.Tensor, layer: int, key: str) -> None:
     return None
 
 

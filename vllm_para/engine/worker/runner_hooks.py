@@ -25,7 +25,6 @@ from vllm_para.engine.worker.graph_guard import (
     current_cudagraph_mode,
 )
 from vllm_para.engine.worker.runtime import runtime_of
-from vllm_para.engine.worker.step_plan import set_plan
 
 
 def _wrap_request_removed(original):
@@ -47,11 +46,11 @@ def _wrap_model_forward(original):
             return original(self, *args, **kwargs)
         plan = runtime.plan_step(self)  # marks nothing filled: that happens after the forward ran
         check_not_full_graph(current_cudagraph_mode(), bool(plan))  # loud, before any VG is skipped
-        set_plan(plan)
+        runtime.pages.plan = plan  # read by the VG op through the forward context (ops.py)
         try:
             output = original(self, *args, **kwargs)
         finally:
-            set_plan(None)
+            runtime.pages.plan = None
         runtime.pages.commit_filled(plan.pending_fills)  # a page counts as filled only once its VG has run
         return output
 

@@ -18,7 +18,6 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
 
 from vllm_para.config import ModelShape, PARAConfig
@@ -32,10 +31,11 @@ from vllm_para.engine.frontend.settings import (
 )
 from vllm_para.engine.registry import AdapterRegistry
 from vllm_para.engine.worker.layers import WRAPPED, local_layers, wrap_layers
+from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY
 from vllm_para.engine.worker.slots import AdapterSlots
-from vllm_para.engine.worker.step_plan import StepPlan, VGGroup
+from vllm_para.engine.worker.step_plan import StepPlan, VGGroup, plan_tokens
 from vllm_para.engine.worker.tp_layout import RankLayout
-from vllm_para.engine.worker.vector_pages import VectorPages
+from vllm_para.engine.worker.vector_pages import UNIT_PAGE, VectorPages
 
 logger = logging.getLogger("vllm.para")  # under vLLM's logger: same handlers and level
 
@@ -96,23 +96,18 @@ class PARARuntime:
     # ---------------------------------------------------------------- each step
     def plan_step(self, runner) -> StepPlan:
         """Assign pages to this step's tokens and list the prompts whose vectors
-        must be computed now. Called right before the model forward."""
+        must be computed now (`plan_tokens`). Called right before the model forward."""
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         qsl = runner.query_start_loc.np
-        num_tokens = int(qsl[num_reqs])
-        token_pages = np.zeros(num_tokens, dtype=np.int64)
-        todo: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)  # adapter -> (page, start, end)
-        fills: list[str] = []
-
-        for i, rid in enumerate(batch.req_ids[:num_reqs]):
+        pages, needs_vg, prompt_lens, whole, keys = [], [], [], [], []
+        filled = self.pages.filled
+        for rid in batch.req_ids[:num_reqs]:
             params = runner.requests[rid].sampling_params
             extra = (params.extra_args or {}) if params is not None else {}
             name = extra.get(REQUEST_ADAPTER_KEY)
-            if not name:
-                continue  # unit page: exactly the base model
-            start, end = int(qsl[i]), int(qsl[i + 1])
-            if rid not in self.pages.filled:
+            entry = None
+            if name and rid not in filled:
                 # Admission set both keys; the frontend retires a version only after its last request.
                 entry = self.registry.find(name, extra.get(REQUEST_VERSION_KEY))
                 if entry is None:
@@ -123,43 +118,36 @@ class PARARuntime:
                         "PARA invariant broken: request %s uses adapter %r version %r, which this worker does not "
                         "hold; it runs without PARA vectors.", rid, name, extra.get(REQUEST_VERSION_KEY),
                     )
-                    continue
-            page = self.pages.allocate(rid)
-            token_pages[start:end] = page
-            if rid in self.pages.filled:
-                continue  # vectors of this prompt already computed (decode, or recompute after preemption)
-            computed = int(batch.num_computed_tokens_cpu[i])
-            prompt_len = int(extra[REQUEST_POOL_LEN_KEY])
-            pooling = entry.config.pooling
-            first_needed = 0 if pooling == "mean" else prompt_len - 1
-            if computed > first_needed or computed + (end - start) < prompt_len:
-                raise RuntimeError(
-                    f"PARA request {rid}: its prompt (tokens 0..{prompt_len - 1}) is not prefilled in one "
-                    f"step (computed={computed}, scheduled={end - start}, pooling={pooling}). PARA needs "
-                    "its scheduler (engine/frontend/scheduler.py) and prefix-cache keys that include the adapter and prompt."
-                )
-            todo[(name, entry.version)].append((page, start - computed, start - computed + prompt_len))
-            fills.append(rid)
+                    name = None
+            pages.append(self.pages.allocate(rid) if name else UNIT_PAGE)
+            needs_vg.append(entry is not None)
+            prompt_lens.append(int(extra[REQUEST_POOL_LEN_KEY]) if entry is not None else 0)
+            whole.append(entry is not None and entry.config.pooling == "mean")
+            keys.append((name, entry.version) if entry is not None else None)
 
-        device = self.pages.token_pages.device
+        token_pages, rows = plan_tokens(qsl, batch.num_computed_tokens_cpu, pages, needs_vg, prompt_lens, whole)
+        num_tokens = len(token_pages)
         self.pages.token_pages[num_tokens:].zero_()
         self.pages.token_pages[:num_tokens].copy_(torch.from_numpy(token_pages), non_blocking=True)
-        if not todo:
+        if not rows:
             return StepPlan()
-        weights = self.slots.acquire(set(todo))
+        by_adapter: dict[tuple[str, int], list] = defaultdict(list)
+        for row in rows:
+            by_adapter[keys[row.request]].append(row)
+        weights = self.slots.acquire(set(by_adapter))
+        device = self.pages.token_pages.device
         groups = []
-        for key, rows in todo.items():
-            pages, starts, ends = (list(col) for col in zip(*rows))
+        for key, group in by_adapter.items():
             groups.append(
                 VGGroup(
                     weights=weights[key],
-                    pages=torch.tensor(pages, dtype=torch.long).to(device, non_blocking=True),
-                    starts=starts,
-                    ends=ends,
-                    last_index=torch.tensor([e - 1 for e in ends], dtype=torch.long).to(device, non_blocking=True),
+                    pages=torch.tensor([r.page for r in group], dtype=torch.long).to(device, non_blocking=True),
+                    starts=[r.start for r in group],
+                    ends=[r.end for r in group],
+                    last_index=torch.tensor([r.end - 1 for r in group], dtype=torch.long).to(device, non_blocking=True),
                 )
             )
-        return StepPlan(groups, fills)
+        return StepPlan(groups, [batch.req_ids[r.request] for r in rows])
 
 
 def host_weights_preparer(layout: RankLayout, layers: tuple[int, int], pin: bool):
@@ -208,6 +196,12 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings,
         device=device,
     )
     model.para_pages = pages
+    # The VG op finds this engine's side buffer (and the step's plan on it) by name in the
+    # forward context, as vLLM's attention op finds its layer: engine state, not module state.
+    forward_context = vllm_config.compilation_config.static_forward_context
+    if SIDE_BUFFER_KEY in forward_context:
+        raise RuntimeError(f"{SIDE_BUFFER_KEY!r} is already in this engine's forward context: PARA installed twice?")
+    forward_context[SIDE_BUFFER_KEY] = pages
     wrap_layers(model, pages, layout.qkv_width, layout.width)
     # Read and validated once here; slot fills copy from this host copy, never from disk.
     prepare = host_weights_preparer(layout, (first, end), pin=torch.device(device).type == "cuda")

@@ -45,6 +45,8 @@ class VectorPages(torch.nn.Module):
         self._free: list[int] = list(range(num_pages, 0, -1))  # pop() hands out page 1 first
         self.page_of: dict[str, int] = {}
         self.filled: set[str] = set()
+        # The StepPlan (step_plan.py) of the forward that runs now: set by the runner hook around it.
+        self.plan = None
 
     # ------------------------------------------------------------ accounting
     @property

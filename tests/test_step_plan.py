@@ -1,0 +1,117 @@
+"""Per-step planning as a function of arrays (`plan_tokens`), and the VG op finding its own
+engine's side buffer and plan through vLLM's forward context (no engine started)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_para.core import vg_forward
+from vllm_para.engine.worker.slots import SlotWeights
+from vllm_para.engine.worker.step_plan import PromptSplitError, StepPlan, VGGroup, VGRow, plan_tokens
+from vllm_para.engine.worker.vector_pages import UNIT_PAGE, VectorPages
+
+
+def qsl(*counts):
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+
+def test_decode_only_step_plans_no_vg_and_pages_every_token():
+    # three decodes: base, adapter on page 2, adapter on page 1 (vectors already computed)
+    token_pages, rows = plan_tokens(qsl(1, 1, 1), np.array([9, 12, 4]), [UNIT_PAGE, 2, 1],
+                                    [False, False, False], [0, 0, 0], [False, False, False])
+    assert token_pages.tolist() == [0, 2, 1] and token_pages.dtype == np.int64
+    assert rows == []
+
+
+def test_mixed_step_plans_prompts_in_their_prefill_step():
+    # decode (page 1), a 5-token prompt (page 2, last pooling), a base prompt of 3, a 4-token prompt (page 3, mean)
+    token_pages, rows = plan_tokens(qsl(1, 5, 3, 4), np.array([7, 0, 0, 0]), [1, 2, UNIT_PAGE, 3],
+                                    [False, True, False, True], [0, 5, 0, 4], [False, False, False, True])
+    assert token_pages.tolist() == [1] + [2] * 5 + [0] * 3 + [3] * 4
+    assert rows == [VGRow(1, 2, 1, 6), VGRow(3, 3, 9, 13)]
+
+
+def test_prefix_cache_hit_keeps_the_last_token_in_the_step():
+    # 10-token prompt, 8 tokens from the prefix cache: "last" pooling only needs token 9
+    token_pages, rows = plan_tokens(qsl(2), np.array([8]), [4], [True], [10], [False])
+    assert token_pages.tolist() == [4, 4]
+    assert rows == [VGRow(0, 4, -8, 2)]  # pooled span in flat coordinates; its last token is index 1
+
+
+def test_beam_pooling_length_shorter_than_the_scheduled_tokens():
+    # a beam continuation: the VG pools the first 3 tokens of a 5-token sequence
+    _, rows = plan_tokens(qsl(5), np.array([0]), [1], [True], [3], [False])
+    assert rows == [VGRow(0, 1, 0, 3)]
+
+
+@pytest.mark.parametrize("computed, scheduled, whole", [
+    (0, 4, False),  # the last prompt token is not in this step (chunked)
+    (2, 8, True),  # mean pooling needs every prompt token, two came from an earlier step
+])
+def test_split_prompt_is_refused(computed, scheduled, whole):
+    with pytest.raises(PromptSplitError, match="not prefilled in one step"):
+        plan_tokens(qsl(scheduled), np.array([computed]), [1], [True], [10], [whole])
+
+
+def test_trailing_persistent_batch_entries_are_ignored():
+    # query_start_loc has more entries than the step's requests (vLLM's persistent buffers)
+    token_pages, rows = plan_tokens(np.array([0, 2, 3, 0, 0]), np.array([0, 5, 0, 0]), [1, 2],
+                                    [True, False], [2, 0], [False, False])
+    assert token_pages.tolist() == [1, 1, 2] and rows == [VGRow(0, 1, 0, 2)]
+
+
+# ---------------------------------------------------------------- the op and the forward context
+def _engine_state(seed, hidden=8, width=6, rank=3):
+    g = torch.Generator().manual_seed(seed)
+    pages = VectorPages(num_layers=2, num_pages=3, vector_width=width, max_num_tokens=16, dtype=torch.float32,
+                        device="cpu")
+    weights = SlotWeights(torch.randn(2, rank, hidden, generator=g), torch.randn(2, width, rank, generator=g),
+                          torch.randn(2, width, generator=g), "last")
+    return pages, weights
+
+
+def _forward_context(side_buffers):
+    from vllm.forward_context import ForwardContext
+
+    return ForwardContext(no_compile_layers=side_buffers, attn_metadata={}, slot_mapping={})
+
+
+def test_vg_op_uses_the_side_buffer_and_plan_of_the_running_engine():
+    from vllm.forward_context import override_forward_context
+
+    from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY
+
+    engines = [_engine_state(seed) for seed in (1, 2)]
+    residual = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    for pages, weights in engines:
+        pages.plan = StepPlan([VGGroup(weights, torch.tensor([2]), [0], [5], torch.tensor([4]))], ["r"])
+
+    torch.ops.vllm_para.compute_vectors(residual, engines[0][0].vectors, 1, SIDE_BUFFER_KEY)  # no forward: no-op
+    assert torch.equal(engines[0][0].vectors, torch.ones_like(engines[0][0].vectors))
+
+    for pages, weights in engines:
+        with override_forward_context(_forward_context({SIDE_BUFFER_KEY: pages})):
+            torch.ops.vllm_para.compute_vectors(residual, pages.vectors, 1, SIDE_BUFFER_KEY)
+        want = vg_forward(residual[4:5], weights.down[1], weights.up[1], weights.up_bias[1])
+        torch.testing.assert_close(pages.vectors[1, 2:3], want)
+        assert torch.equal(pages.vectors[0], torch.ones_like(pages.vectors[0]))  # only the called layer
+        assert torch.equal(pages.vectors[1, :2], torch.ones(2, 6))  # only the planned page
+    assert not torch.equal(engines[0][0].vectors, engines[1][0].vectors)
+
+    pages, _ = engines[0]
+    pages.plan = None  # between forwards (dummy and profile runs): nothing runs
+    before = pages.vectors.clone()
+    with override_forward_context(_forward_context({SIDE_BUFFER_KEY: pages})):
+        torch.ops.vllm_para.compute_vectors(residual * 2, pages.vectors, 1, SIDE_BUFFER_KEY)
+    assert torch.equal(pages.vectors, before)
+
+
+def test_no_module_level_step_state():
+    """The plan is the engine's (its side buffer's), not a module global."""
+    from vllm_para.engine.worker import ops, runtime, step_plan
+
+    for module in (ops, runtime, step_plan):
+        for name, value in vars(module).items():
+            assert not isinstance(value, (StepPlan, VectorPages)), f"{module.__name__}.{name}"
