@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (they create .venv/ if missing).
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench soak test-ray fleet
+.PHONY: venv demo test test-slow test-fast bench soak test-ray fleet
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -9,8 +9,11 @@ venv:
 demo: venv  ## tiny model -> train a PARA adapter -> save -> reload -> generate (reference + vLLM)
 	$(PY) examples/demo.py
 
-test: venv  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -q tests
+test: venv  ## the test suite CI runs (under 25 minutes on 2 cores; `slow` tests: make test-slow)
+	$(PY) -m pytest -q tests -m "not slow" --durations=15
+
+test-slow: venv  ## the tests left out of `make test`: fleet load test end to end, DP with two API servers
+	$(PY) -m pytest -q -rs tests -m slow
 
 test-fast: venv  ## tests that do not start a vLLM engine
 	$(PY) -m pytest -q tests -m "not engine and not server"

@@ -62,10 +62,10 @@ MODES = {
 }
 
 
-def engine_flags(seed: int, dtype: str = "float32") -> list[str]:
+def engine_flags(seed: int, dtype: str = "float32", enforce_eager: bool = False) -> list[str]:
     """Engine settings shared by every system, so only the adapter method differs."""
     return ["--served-model-name", BASE_NAME, "--dtype", dtype, "--max-model-len", "512",
-            "--max-num-seqs", "32", "--seed", str(seed)]
+            "--max-num-seqs", "32", "--seed", str(seed)] + (["--enforce-eager"] if enforce_eager else [])
 
 
 def phase_seed(seed: int, round_: int, level_index: int, warmup: bool = False) -> int:
@@ -158,6 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where the base model and adapters are built (default: a temporary folder)")
     p.add_argument("--run-time", type=int, default=900, help="safety limit (s) of each Locust run")
     p.add_argument("--startup-timeout", type=int, default=900, help="seconds to wait for a server's /health")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="every server without torch.compile (faster start-up; for protocol checks, not speed claims)")
     args = p.parse_args(argv)
     fleet = args.scenario == "fleet"
     valid = FLEET_SYSTEMS if fleet else SYSTEMS
@@ -194,6 +196,7 @@ class Plan:
     warmup_rounds: int = 0
     warmup_requests: int | None = None
     reuse: bool = True
+    enforce_eager: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Plan":
@@ -204,7 +207,8 @@ class Plan:
                    args.distribution, 1.0 if args.zipf_exponent is None else args.zipf_exponent, args.beam_search,
                    args.seed, args.run_time,
                    args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
-                   args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent")
+                   args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent",
+                   getattr(args, "enforce_eager", False))
 
     def load(self, concurrency: int, models: tuple[str, ...], round_: int, warmup: bool = False,
              requests: int | None = None) -> LoadSpec:
@@ -229,7 +233,7 @@ class Plan:
             "adapters per system": self.adapters, "traffic": traffic,
             "requests per concurrency level": self.requests, "concurrency levels": list(self.levels),
             "seed": self.seed,
-            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype))}`, "
+            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype, self.enforce_eager))}`, "
                                           "VLLM_CPU_KVCACHE_SPACE=1",
             "protocol": f"ABBA, {self.rounds} measured round(s)"
                         + (f" after {self.warmup_rounds} warm-up round(s)" if self.warmup_rounds else "")
@@ -289,7 +293,7 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
     entry = {"life": index, "system": system, "slots": " ".join(str(s.index) for s in life),
              "rounds": " ".join(str(s.round) for s in life), "start_s": round(time.monotonic() - t0, 3)}
     _log(f"[{system}] server {index}: starting vllm serve for slot(s) {entry['slots']} (round(s) {entry['rounds']})")
-    srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype) + setup.flags,
+    srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype, plan.enforce_eager) + setup.flags,
                      run_dir / "logs" / f"{system}_server{index}.log", startup_timeout=plan.startup_timeout_s)
     try:
         srv.start()

@@ -36,10 +36,11 @@ def build_adapters(base_model: Path, directory: Path) -> dict[str, str]:
     return paths
 
 
-def make_llm(model: Path, adapters: dict[str, str] | None, **kwargs):
+def make_llm(model: Path, adapters: dict[str, str] | None, compiled: bool = False, **kwargs):
+    """An offline engine; eager unless `compiled` (the compiled forward: tests/test_engine_offline.py)."""
     from vllm import LLM
 
-    engine_kwargs = {**ENGINE_KWARGS, **kwargs}
+    engine_kwargs = {**ENGINE_KWARGS, "enforce_eager": not compiled, **kwargs}
     if adapters is not None:
         engine_kwargs["additional_config"] = {"para": {"modules": adapters, "max_adapters": 2}}
     return LLM(model=str(model), **engine_kwargs)

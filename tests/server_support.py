@@ -12,9 +12,13 @@ from vllm_para.testing.serve_process import VLLMServer, vllm_command  # noqa: F4
 class Server(VLLMServer):
     """The server tests' settings, plus small HTTP helpers."""
 
-    def __init__(self, model: Path, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: Path, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 compiled: bool = False) -> None:
+        """`compiled=False` adds --enforce-eager (half the start-up on CPU): the compiled forward is
+        covered by tests/test_engine_offline.py and by the hostile-request server (compiled=True)."""
         engine = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "32", "--seed", "0"]
-        super().__init__(model, engine + args, log, env=env, startup_timeout=400)
+        super().__init__(model, engine + args + ([] if compiled else ["--enforce-eager"]), log, env=env,
+                         startup_timeout=400)
 
     def wait_ready(self) -> "Server":
         self.start()

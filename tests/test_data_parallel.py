@@ -130,6 +130,7 @@ def test_dp2_one_api_server_loads_reach_both_engines(tiny_llama, dp_adapters, ex
         srv.stop()
 
 
+@pytest.mark.slow  # `make test-slow` (two API servers and two engines: about 2 minutes)
 def test_dp2_two_api_servers_serve_startup_adapters(tiny_llama, dp_adapters, expected, tmp_path):
     """The correct behaviour: either served (start-up adapters are the same on every API server) or refused
     at start-up; never an API server without the adapters."""

@@ -29,7 +29,7 @@ MAX_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama, adapters):
-    engine = make_llm(tiny_llama, adapters)
+    engine = make_llm(tiny_llama, adapters, compiled=True)
     yield engine
     del engine
 
@@ -180,7 +180,7 @@ def test_more_adapters_than_slots_swap_lru(llm, prompt_ids):
 
 @pytest.fixture(scope="module")
 def plain_llm(tiny_llama):
-    engine = make_llm(tiny_llama, adapters=None)
+    engine = make_llm(tiny_llama, adapters=None, compiled=True)
     yield engine
     del engine
 

@@ -22,7 +22,7 @@ def test_priority_preemption_with_full_side_buffer(tiny_llama, adapters, referen
     # makes a newcomer wait. 15 sequences of up to ~52 tokens need ~30 blocks of 32; give 8.
     llm = LLM(
         model=str(tiny_llama),
-        **{**ENGINE_KWARGS, "max_num_seqs": 4, "max_model_len": 128},
+        **{**ENGINE_KWARGS, "max_num_seqs": 4, "max_model_len": 128}, enforce_eager=True,
         scheduling_policy="priority", enable_prefix_caching=False, num_gpu_blocks_override=8, block_size=32,
         disable_log_stats=False,
         additional_config={"para": {"modules": adapters, "max_adapters": 2, "max_pages": 4}},

@@ -53,6 +53,7 @@ def server(tiny_llama, adapters, adapter_dir, tmp_path_factory):
          "--max-cpu-para-adapters", str(HOST_CACHE)],
         tmp_path_factory.mktemp("hostile") / "server.log",
         env={"VLLM_ALLOW_RUNTIME_PARA_UPDATING": "1"},
+        compiled=True,  # tenant isolation is checked on the forward users run: torch.compile'd
     ).wait_ready()
     yield srv
     srv.stop()

@@ -222,14 +222,3 @@ def test_sigterm_clean_shutdown(server):
     assert "PARA enabled: 2 adapters registered ['qa', 'sql'] (host memory" in server.log.read_text()
 
 
-def test_runtime_endpoints_off_by_default(tiny_llama, adapters, tmp_path):
-    srv = Server(tiny_llama, ["--enable-para", "--para-modules", f"sql={adapters['sql']}"], tmp_path / "s.log")
-    try:
-        srv.wait_ready()
-        assert "sql" in {m["id"] for m in srv.get("/v1/models").json()["data"]}
-        # without VLLM_ALLOW_RUNTIME_PARA_UPDATING the routes do not exist, like vLLM's LoRA ones
-        r = srv.post("/v1/load_para_adapter", {"para_name": "x", "para_path": adapters["qa"]})
-        assert r.status_code == 404
-        assert _complete(srv, "sql", PROMPTS[0])["choices"][0]["token_ids"]
-    finally:
-        assert srv.stop() == 0

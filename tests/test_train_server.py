@@ -86,3 +86,11 @@ def test_bf16_trained_adapter_serves_like_reference(server, reference, tokenizer
         assert r.status_code == 200, r.text
         want = reference.greedy([tokenizer(prompt)["input_ids"]], ["bf16"], MAX_TOKENS, stop_at_eos=False)[0]
         assert r.json()["choices"][0]["token_ids"] == want.token_ids
+
+
+def test_runtime_endpoints_off_by_default(server):
+    """Without VLLM_ALLOW_RUNTIME_PARA_UPDATING the admin routes do not exist, like vLLM's LoRA ones."""
+    for route in ("/v1/load_para_adapter", "/v1/unload_para_adapter"):
+        r = server.post(route, {"para_name": "x", "para_path": "/nonexistent"})
+        assert r.status_code == 404, (route, r.text[:200])
+    assert {"chat", "bf16"} <= {m["id"] for m in server.get("/v1/models").json()["data"]}

@@ -15,6 +15,7 @@ carries the current step's plan.
 from __future__ import annotations
 
 import torch
+from vllm.forward_context import get_forward_context, is_forward_context_available
 
 from vllm_para.core import pool_last, pool_prompts, vg_forward
 
@@ -25,8 +26,6 @@ SIDE_BUFFER_KEY = "vllm_para.side_buffer"  # in vllm_config.compilation_config.s
 
 def current_side_buffer(key: str):
     """The side buffer registered under `key` for the forward that runs now (None outside one)."""
-    from vllm.forward_context import get_forward_context, is_forward_context_available
-
     if not is_forward_context_available():
         return None
     return get_forward_context().no_compile_layers.get(key)
