@@ -63,6 +63,7 @@ try:
     import vllm_para  # noqa: F401  (installed in .venv; PYTHONPATH may point at another checkout)
 except ImportError:
     sys.path.insert(0, str(ROOT))
+from vllm_para.testing.tiny_models import VOCAB_WORDS as WORDS  # noqa: E402  (the tokenizer's words: ~1 token each)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGES_METRIC = "vllm_para:side_buffer_pages_in_use"
@@ -76,14 +77,6 @@ ADAPTER_SPECS = [
     ("up", ("u",), "last", 16),
     ("qv", ("q", "v"), "last", 12),
 ]
-
-WORDS = (
-    "the a an of to in is was for on with as by at from that this it be are or not have "
-    "select count where order group table user name city price item date value sum max min "
-    "what which who when how many much list show find give return answer question query "
-    "red green blue one two three four five six seven eight nine ten cat dog bird fish "
-    "run jump walk read write open close start stop fast slow big small new old good bad"
-).split()
 
 WELL_FORMED_TIMEOUT = 300.0
 BIG_MAPPING = 768 * 2**20  # anonymous mappings this large: the KV cache (1 GiB here), see large_anon_mappings

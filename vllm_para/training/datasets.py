@@ -129,8 +129,8 @@ def toy_chat(word: str, system: bool = False) -> dict:
     return {"messages": messages}
 
 
-def make_toy_chat_dataset(path: str | Path, n: int = 200, seed: int = 0) -> Path:
-    """Write `n` seeded toy conversations (the toy task as chat; half with a system message)."""
+def _write_jsonl(path: str | Path, n: int, seed: int, record) -> Path:
+    """Write `n` seeded JSON lines `record(rng)`."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
@@ -138,19 +138,20 @@ def make_toy_chat_dataset(path: str | Path, n: int = 200, seed: int = 0) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for _ in range(n):
-            f.write(json.dumps(toy_chat(rng.choice(TOY_WORDS), system=rng.random() < 0.5)) + "\n")
+            f.write(json.dumps(record(rng)) + "\n")
     return path
+
+
+def make_toy_chat_dataset(path: str | Path, n: int = 200, seed: int = 0) -> Path:
+    """Write `n` seeded toy conversations (the toy task as chat; half with a system message)."""
+    return _write_jsonl(path, n, seed, lambda rng: toy_chat(rng.choice(TOY_WORDS), system=rng.random() < 0.5))
+
+
+def _toy_example(rng: random.Random) -> dict:
+    word = rng.choice(TOY_WORDS)
+    return {"prompt": toy_prompt(word), "completion": " " + toy_answer(word)}
 
 
 def make_toy_dataset(path: str | Path, n: int = 200, seed: int = 0) -> Path:
     """Write `n` seeded examples `{"prompt": "color of <word>?", "completion": " <color>"}`."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    rng = random.Random(seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for _ in range(n):
-            word = rng.choice(TOY_WORDS)
-            f.write(json.dumps({"prompt": toy_prompt(word), "completion": " " + toy_answer(word)}) + "\n")
-    return path
+    return _write_jsonl(path, n, seed, _toy_example)
