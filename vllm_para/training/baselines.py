@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import TrainerModule
+
 BITFIT_CONFIG_FILE = "bitfit_config.json"
 BITFIT_WEIGHTS_FILE = "bitfit.safetensors"
 BITFIT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -61,14 +63,8 @@ def prepare_ia3(
 
 
 # ------------------------------------------------------------------ BitFit
-class BitFit(nn.Module):
+class BitFit(TrainerModule):
     """Trainable per-output biases added (by forward hooks) to a frozen model's projections."""
-
-    # Trainer reads these: pass num_items_in_batch to forward; labels are shifted inside.
-    accepts_loss_kwargs = True
-    loss_type = "ForCausalLM"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
 
     def __init__(
         self,

@@ -171,3 +171,14 @@ class PARADataCollator:
         if self.prompt_spans:
             batch["prompt_spans"] = spans
         return batch
+
+
+class TrainerModule(torch.nn.Module):
+    """What `transformers.Trainer` reads from the adapter modules it trains (PARA and the baselines):
+    pass `num_items_in_batch` to forward (the loss is summed, then divided by it); labels are
+    shifted inside the model."""
+
+    accepts_loss_kwargs = True
+    loss_type = "ForCausalLM"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True

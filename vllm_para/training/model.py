@@ -28,6 +28,7 @@ from torch import nn
 from ..adapter import load_adapter
 from ..config import DEFAULT_TARGETS, ModelShape, PARAConfig
 from ..core import VGWeights, init_vg_weights
+from .data import TrainerModule
 from .reference import PARAReferenceModel
 
 DEFAULT_ADAPTER_NAME = "default"
@@ -37,12 +38,7 @@ def _tensors(weights: VGWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return weights.down, weights.up, weights.up_bias
 
 
-class PARAForCausalLM(nn.Module):
-    # Trainer reads these: pass num_items_in_batch to forward; labels are shifted inside.
-    accepts_loss_kwargs = True
-    loss_type = "ForCausalLM"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
+class PARAForCausalLM(TrainerModule):
 
     def __init__(
         self,
