@@ -7,6 +7,9 @@ norms, Gemma-3 q/k norms and local rope, Qwen-2 q/k/v bias, Qwen-3 q/k norms):
   ranks) and base requests equal the transformers reference;
 - logprobs agree within a tolerance scaled by the reference's own float32 vs
   float64 gap on the same tokens (a tolerance below that gap tests nothing);
+- on the same engine: batch invariance, prefix-cache hits (the batch again, reversed) and
+  beam-search scores under the original prompt's vectors (forced preemption and TP=2 need
+  other engine settings: tests/test_engine_preemption.py, tests/test_engine_tp.py on Llama);
 - the decoder layers are vLLM's own classes (only `input_layernorm`,
   `qkv_proj`, `gate_up_proj` are wrapped), and for the families whose forward
   has family-specific features, base requests in a PARA engine equal a plain
@@ -50,11 +53,12 @@ def test_family_mixed_adapters_match_reference(family):
     batch = list(itertools.product(prompt_ids, [*ADAPTER_SPECS, None]))
     llm = make_llm(model, adapters, enforce_eager=True)  # compiled path: test_engine_offline (same wrappers)
     try:
-        outs = llm.generate(
-            [{"prompt_token_ids": ids} for ids, _ in batch], [greedy_params(n, MAX_TOKENS) for _, n in batch],
-            use_tqdm=False,
-        )
+        outs = _generate(llm, batch)
         layers = para_stats(llm)["layers"]
+        # the engine-level guarantees, on the same engine: batch invariance, prefix-cache hits, beam scores
+        alone = {i: _generate(llm, [batch[i]])[0] for i in (0, len(batch) - 2)}
+        again = _generate(llm, batch[::-1])[::-1]  # every prompt's KV is in the prefix cache now
+        beams = _beam_search(llm, prompt_ids[1], "qa")
     finally:
         del llm
     # vLLM's own decoder-layer class and forward run; PARA only wrapped three modules per layer
@@ -71,6 +75,30 @@ def test_family_mixed_adapters_match_reference(family):
     tolerances = logprob_tolerances(model, adapters, batch, got)
     for (ids, name), out, w, tol in zip(batch, outs, want, tolerances):
         assert chosen_logprobs(out.outputs[0]) == pytest.approx(w.logprobs, abs=tol), f"{arch}: adapter={name}"
+
+    for i, out in alone.items():  # batch invariance
+        assert list(out.outputs[0].token_ids) == got[i], f"{arch}: {batch[i][1]} alone"
+        assert chosen_logprobs(out.outputs[0]) == pytest.approx(chosen_logprobs(outs[i].outputs[0]), abs=1e-5)
+    assert [list(o.outputs[0].token_ids) for o in again] == got, f"{arch}: prefix-cache hits changed tokens"
+    assert len(beams.sequences) == 3
+    for beam in beams.sequences:  # beam scores under the original prompt's vectors
+        completion = beam.tokens[len(prompt_ids[1]):]
+        want_score = sum(reference.sequence_logprobs(prompt_ids[1], completion, "qa"))
+        assert beam.cum_logprob == pytest.approx(want_score, abs=1e-3), f"{arch}: beam {beam.tokens}"
+
+
+def _generate(llm, batch):
+    return llm.generate([{"prompt_token_ids": ids} for ids, _ in batch],
+                        [greedy_params(n, MAX_TOKENS) for _, n in batch], use_tqdm=False)
+
+
+def _beam_search(llm, ids, adapter):
+    from vllm.sampling_params import BeamSearchParams
+
+    import vllm_para
+
+    params = BeamSearchParams(beam_width=3, max_tokens=5, ignore_eos=True, length_penalty=0.0)
+    return vllm_para.beam_search(llm, [{"prompt_token_ids": ids}], params, adapters=[adapter])[0]
 
 
 def test_family_base_requests_equal_plain_engine(family):
