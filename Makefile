@@ -6,7 +6,7 @@ PY := .venv/bin/python
 venv:
 	@bash scripts/ensure_venv.sh
 
-demo: venv  ## tiny model -> train a PARA adapter -> save -> reload -> generate (reference + vLLM)
+demo: venv  ## pretrained small base (cached; built in ~10 min when missing) -> train PARA adapters -> held-out prompts, reference + vLLM
 	$(PY) examples/demo.py
 
 test: venv  ## the test suite CI runs (under 25 minutes on 2 cores; `slow` tests: make test-slow)

@@ -1,12 +1,16 @@
-"""End-to-end demo on a tiny model (CPU, well under two minutes):
+"""End-to-end demo on the project's pretrained small base model (CPU, under three
+minutes once the base is cached):
 
-1. build a tiny random-weight Llama checkpoint + tokenizer in a temp dir;
-2. write a toy dataset ("color of cat?" -> " blue");
-3. train a PARA adapter on it and save it (para_config.json + adapter_model.safetensors);
-4. reload it with `load_adapter` and generate with the transformers reference,
-   with and without the adapter;
-5. serve it with vLLM (offline `LLM`, one batch mixing the adapter and the base
-   model) and check vLLM's tokens equal the reference's. `--no-vllm` skips this.
+1. find the cached pretrained base (`~/.cache/vllm-para/base-default-*`; built
+   first, in about ten minutes, when missing) and show it writes its domain's text;
+2. train two PARA adapters with the project's trainer (transformers' Trainer),
+   one for questions-to-SQL and one for choosing the more plausible cause or effect, on the tasks' training
+   splits, and save them (para_config.json + adapter_model.safetensors);
+3. generate greedily with the transformers reference on HELD-OUT test prompts
+   (people, towns and question wordings never seen in training): base model vs
+   adapter, side by side, with the task metric;
+4. serve both adapters and the base model with vLLM (offline `LLM`, one batch
+   mixing them) and check vLLM's tokens equal the reference's. `--no-vllm` skips this.
 
 Run: `make demo` or `python examples/demo.py`.
 """
@@ -17,126 +21,142 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vllm_para.training.datasets import TOY_WORDS, make_toy_dataset, toy_answer, toy_prompt  # noqa: E402
+from vllm_para.tasks import get_task, write_jsonl  # noqa: E402
 
-DEMO_WORDS = ("cat", "dog", "table", "city")
-PROMPTS = [toy_prompt(w) for w in DEMO_WORDS]
-EXPECTED = [" " + toy_answer(w) for w in DEMO_WORDS]
+TASKS = ("sql", "copa")
+N_TRAIN = 1000
+N_SHOW = 4  # held-out prompts shown per task
+N_SCORE = 24  # held-out prompts scored per task
+STEPS = 150
+LR = 3e-3
+FLUENCY_PROMPTS = ("Brene lives in", "Because it rained on Talo,", "-- count rows with job baker\n")
 
 
 @dataclass
 class DemoRun:
-    """What each step produced; later steps (e.g. serving) read from here."""
-
     workdir: Path
     base_model: Path
-    data: Path
-    adapter_dir: Path
-    reference_outputs: dict[str, list[str]] | None = None  # "base" / "adapter" -> one text per prompt
+    adapters: dict[str, Path] = field(default_factory=dict)
+    test: dict[str, list] = field(default_factory=dict)
+    reference_outputs: dict[str, list[list[int]]] = field(default_factory=dict)  # "task/base|adapter" -> token ids
 
 
-def step_build(workdir: Path) -> DemoRun:
-    from vllm_para.testing.tiny_models import build_tiny_model
+def step_base(workdir: Path) -> DemoRun:
+    from vllm_para.tasks.pretrain import INFO_FILE, ensure_base_model
 
-    base = build_tiny_model(workdir / "tiny-llama", arch="llama")
-    data = make_toy_dataset(workdir / "toy.jsonl", n=160, seed=0)
-    print(f"[1] tiny Llama at {base}; toy dataset ({len(TOY_WORDS)} words) at {data}")
-    return DemoRun(workdir=workdir, base_model=base, data=data, adapter_dir=workdir / "adapters" / "colors")
+    base = ensure_base_model()
+    import json
+
+    info = json.loads((base / INFO_FILE).read_text())
+    print(f"[1] pretrained base {base} ({info['parameters']:,} parameters, {info['tokens_seen']:,} tokens, "
+          f"loss {info['loss_last50']:.2f}); greedy continuations:")
+    from vllm_para.training.reference import PARAReferenceModel
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    ref = PARAReferenceModel.from_pretrained(base)
+    outs = ref.greedy([tok(p)["input_ids"] for p in FLUENCY_PROMPTS], max_new_tokens=24)
+    for p, o in zip(FLUENCY_PROMPTS, outs):
+        print(f"    {p!r} -> {tok.decode(o.token_ids, skip_special_tokens=True)!r}")
+    return DemoRun(workdir=workdir, base_model=base)
 
 
 def step_train(run: DemoRun) -> None:
     from vllm_para.training.train import TrainArgs, train
 
-    # transformers' Trainer under the hood: AdamW, cosine schedule, logs every 10 steps;
-    # --bf16, --gradient-accumulation-steps, --eval-data, ... are TrainArgs fields too.
-    args = TrainArgs(
-        base_model=str(run.base_model),
-        data=run.data,
-        output=run.adapter_dir,
-        method="para",
-        r=12,
-        targets=("q", "v", "u"),
-        epochs=8,
-        batch_size=16,
-        lr=2e-2,
-        lr_scheduler_type="constant",
-        logging_steps=10,
-        save_steps=0,
-        device="cpu",
-    )
-    result = train(args)
-    print(f"[2] {result.summary()}")
-    print(f"    loss every 10 steps: {', '.join(f'{x:.3f}' for x in result.losses)}")
-    print(f"    saved: {sorted(p.name for p in run.adapter_dir.iterdir())}")
+    for name in TASKS:
+        task = get_task(name)
+        data = write_jsonl(task.generate("train", N_TRAIN), run.workdir / f"{name}.train.jsonl")
+        run.test[name] = task.generate("test", N_SCORE)
+        out = run.workdir / "adapters" / name
+        # transformers' Trainer under the hood: AdamW, cosine schedule; --bf16, --gradient-accumulation-steps,
+        # --eval-data, ... are TrainArgs fields too.
+        result = train(TrainArgs(
+            base_model=str(run.base_model), data=data, output=out, method="para", r=12, targets=("q", "v", "u"),
+            max_steps=STEPS, batch_size=16, lr=LR, warmup_ratio=0.05, save_steps=0, logging_steps=10,
+            device="cpu", progress=False, max_length=256,
+        ))
+        run.adapters[name] = out
+        print(f"[2] {name}: {result.summary()}")
+    print(f"    saved: {sorted(p.name for p in run.adapters[TASKS[0]].iterdir())}")
 
 
 def step_reference_generate(run: DemoRun) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from vllm_para import ModelShape, load_adapter
     from vllm_para.training.reference import PARAReferenceModel
+    from vllm_para.tasks.generate import stop_token_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(str(run.base_model))
-    model = AutoModelForCausalLM.from_pretrained(str(run.base_model)).eval()
-    adapter = load_adapter(run.adapter_dir, base_shape=ModelShape.from_hf_config(model.config))
-    ref = PARAReferenceModel(model, {"colors": adapter}).eval()
-    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
-
-    outputs = {}
-    for label, name in (("base", None), ("adapter", "colors")):
-        results = ref.greedy(prompt_ids, adapter_names=[name] * len(PROMPTS), max_new_tokens=4)
-        outputs[label] = [tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
-    run.reference_outputs = outputs
-
-    print(f"[3] reloaded {run.adapter_dir.name!r} (r={adapter.config.r}, targets={list(adapter.config.targets)}); "
-          "greedy generation with the transformers reference:")
-    correct = 0
-    for i, prompt in enumerate(PROMPTS):
-        hit = outputs["adapter"][i].strip() == EXPECTED[i].strip()
-        correct += hit
-        print(f"    {prompt!r:22} base: {outputs['base'][i]!r:28} PARA: {outputs['adapter'][i]!r:10} "
-              f"(expected {EXPECTED[i]!r}{', ok' if hit else ''})")
-    print(f"    {correct}/{len(PROMPTS)} prompts answered as in the training data")
+    tok = AutoTokenizer.from_pretrained(str(run.base_model))
+    ref = PARAReferenceModel.from_pretrained(run.base_model, adapters={n: str(p) for n, p in run.adapters.items()})
+    ref.model.generation_config.eos_token_id = stop_token_ids(tok)  # answers are one line
+    print("[3] held-out test prompts (entities and wordings never seen in training), transformers reference:")
+    for name in TASKS:
+        task = get_task(name)
+        exs = run.test[name]
+        ids = [tok(e.prompt)["input_ids"] for e in exs]
+        texts = {}
+        for label, adapter in (("base", None), ("adapter", name)):
+            outs = ref.greedy(ids, adapter_names=[adapter] * len(ids), max_new_tokens=task.max_new_tokens)
+            run.reference_outputs[f"{name}/{label}"] = [list(o.token_ids) for o in outs]
+            texts[label] = [tok.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
+        for e, b, a in list(zip(exs, texts["base"], texts["adapter"]))[:N_SHOW]:
+            question = e.prompt.split("\n")[-2]
+            print(f"    {question}\n        base: {b[:70]!r}\n        PARA: {a[:70]!r}   (gold {e.completion.strip()!r})")
+        sb, sa = task.score(texts["base"], exs), task.score(texts["adapter"], exs)
+        print(f"    {name} on {len(exs)} held-out prompts: {task.metric} base {100 * sb[task.metric]:.0f}% -> "
+              f"PARA {100 * sa[task.metric]:.0f}%")
 
 
 def step_vllm_generate(run: DemoRun) -> None:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
+    from vllm_para.tasks.generate import stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(str(run.base_model))
+    stops = stop_token_ids(tok)
     llm = LLM(
-        model=str(run.base_model), dtype="float32", gpu_memory_utilization=0.2, max_model_len=256, seed=0,
-        additional_config={"para": {"modules": {"colors": str(run.adapter_dir)}}},
+        model=str(run.base_model), dtype="float32", gpu_memory_utilization=0.2, max_model_len=512, seed=0,
+        additional_config={"para": {"modules": {n: str(p) for n, p in run.adapters.items()}}},
     )
-    params = [SamplingParams(max_tokens=4, temperature=0.0, extra_args=extra)
-              for extra in ({"para_adapter": "colors"}, None) for _ in PROMPTS]
-    outs = llm.generate(PROMPTS + PROMPTS, params, use_tqdm=False)
-    texts = [o.outputs[0].text for o in outs]
-    served = {"adapter": texts[: len(PROMPTS)], "base": texts[len(PROMPTS):]}
-    same = all(
-        a.strip() == b.strip()
-        for label in ("adapter", "base")
-        for a, b in zip(served[label], run.reference_outputs[label])
-    )
-    print("[4] served with vLLM (one batch: adapter + base requests):")
-    for prompt, text in zip(PROMPTS, served["adapter"]):
-        print(f"    {prompt!r:22} PARA via vLLM: {text!r}")
-    print(f"    vLLM outputs {'equal' if same else 'DIFFER FROM'} the reference's")
-    if not same:
-        raise SystemExit("vLLM and the reference disagree")
+    prompts, params, keys = [], [], []
+    for name in TASKS:
+        for label, adapter in (("base", None), ("adapter", name)):
+            for i, e in enumerate(run.test[name]):
+                prompts.append(e.prompt)
+                params.append(SamplingParams(max_tokens=get_task(name).max_new_tokens, temperature=0.0,
+                                             stop_token_ids=stops,
+                                             extra_args={"para_adapter": adapter} if adapter else None))
+                keys.append((f"{name}/{label}", i))
+    outs = llm.generate(prompts, params, use_tqdm=False)  # one batch: both adapters and the base model
+    differ = [k for k, o in zip(keys, outs) if list(o.outputs[0].token_ids) != run.reference_outputs[k[0]][k[1]]]
+    print(f"[4] served with vLLM (one batch of {len(prompts)} requests: adapters {list(TASKS)} + base model):")
+    for name in TASKS:
+        o = outs[keys.index((f"{name}/adapter", 0))]
+        print(f"    {name} via vLLM: {o.outputs[0].text.strip()[:70]!r}")
+    print(f"    vLLM outputs {'equal' if not differ else 'DIFFER FROM'} the reference's "
+          f"({len(prompts) - len(differ)}/{len(prompts)} identical)")
+    if differ:
+        raise SystemExit(f"vLLM and the reference disagree on {differ[:5]}")
 
 
 def main(serve: bool = True) -> DemoRun:
+    import torch
+
+    torch.set_num_threads(2)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vllm-para-demo-") as tmp:
-        run = step_build(Path(tmp))
+        run = step_base(Path(tmp))
         step_train(run)
         step_reference_generate(run)
         if serve:

@@ -1,6 +1,6 @@
 """The pretraining corpus: seeded documents in the synthetic world's language.
 
-Five kinds of documents, using every entity of every split and every phrasing
+Six kinds of documents, using every entity of every split and every phrasing
 (what a pretrained LM knows), but never the tasks' prompt formats
 ("Passage: ... Question: ... Answer:", "Premise: ... Option 1: ...",
 "Problem: ... Solution:", "Schema: ... SQL:"):
@@ -10,7 +10,12 @@ Five kinds of documents, using every entity of every split and every phrasing
 * stories of causes and effects ("Talo was hungry, so Talo ate some bread.");
 * counting stories and equation worksheets ("Talo has 7 pens. Talo finds 5 pens. Now Talo has 12 pens.", "7 + 5 = 12.");
 * SQL over the people table with terse comments ("-- names with town Vermi");
-so an adapter only has to teach each task's format and mapping.
+* roll calls: a list said twice;
+* quizzes in a plain "Q: ... / A: ..." layout: short answers copied from the facts
+  above ("A: Vermi", "A: no"), the more plausible of two causes or effects, worked
+  word problems ("... 7 + 5 = 12. So Talo has 12 pens."), questions answered in SQL;
+so the base model knows the skills and a generic question/answer layout (as any
+pretrained LM does), and an adapter has to teach each task's own format and mapping.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from . import arith, boolq, copa, qa, sql
 from .passages import FACT_KINDS, FACT_PHRASINGS_ALL, fact_value, render_fact
 from .world import COLORS, ITEMS, JOBS, PETS, all_names, all_towns, article
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 4
 
 
 def _entities() -> dict[str, tuple[str, ...]]:
@@ -34,25 +39,39 @@ def _answer_sentence(kind: str, name: str, value: str, rng: random.Random) -> st
 
 
 def biography(rng: random.Random) -> str:
+    """Facts about 2-3 people, then 3-5 questions answered with the sentence that stated the fact
+    (so the answer is found by looking back: the copying the QA, yes/no and SQL tasks need)."""
     ents = _entities()
     people = []
     for name in rng.sample(ents["names"], rng.randint(2, 3)):
         kinds = rng.sample(FACT_KINDS, rng.randint(2, 3))
-        people.append((name, {k: fact_value(k, ents, rng) for k in kinds}))
-    parts = [_answer_sentence(k, n, v, rng) for n, facts in people for k, v in facts.items()]
-    for _ in range(rng.randint(3, 5)):  # questions answered from the facts above: copying
+        # kind -> (value, the phrasing used for it)
+        people.append((name, {k: (fact_value(k, ents, rng), rng.choice(FACT_PHRASINGS_ALL[k])) for k in kinds}))
+    parts = [render_fact(t, n, v) for n, facts in people for v, t in facts.values()]
+    for _ in range(rng.randint(3, 5)):
         name, facts = rng.choice(people)
         kind = rng.choice(sorted(facts))
-        value = facts[kind]
+        value, phrasing = facts[kind]
+        stated = render_fact(phrasing, name, value)
         if rng.random() < 0.5:
             q = rng.choice(qa.QUESTIONS_ALL[kind]).format(n=name)
-            parts.append(f"{q} {_answer_sentence(kind, name, value, rng)}")
+            parts.append(f"{q} {stated}")
         else:
             asked = value if rng.random() < 0.5 else fact_value(kind, ents, rng)
             q = rng.choice(boolq.QUESTIONS_ALL[kind]).format(n=name, v=asked, a=article(asked))
             word = "Yes" if asked == value else "No"
-            parts.append(f"{q} {word}, {_lower_first(_answer_sentence(kind, name, value, rng))}")
+            parts.append(f"{q} {word}, {_lower_first(stated)}")
     return " ".join(parts)
+
+
+def roll_call(rng: random.Random) -> str:
+    """A list said twice (the simplest look-back: what came after this word last time?)."""
+    ents = _entities()
+    kind, intro = rng.choice((("names", "The guests are"), ("towns", "The route goes through"),
+                              ("items", "The shop sells"), ("jobs", "The fair has a")))
+    xs = rng.sample(ents[kind], rng.randint(3, 6))
+    listed = ", ".join(xs)
+    return f"{intro} {listed}. Once more: {listed}."
 
 
 def _lower_first(s: str) -> str:
@@ -143,8 +162,89 @@ def sql_snippet(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-DOC_KINDS = {"biography": (biography, 0.32), "causal": (causal_story, 0.2), "counting": (counting_story, 0.14),
-             "worksheet": (worksheet, 0.18), "sql": (sql_snippet, 0.16)}
+def fact_quiz(rng: random.Random) -> str:
+    """Facts about 2-3 people, then short-answer and yes/no questions about them."""
+    ents = _entities()
+    people = []
+    for name in rng.sample(ents["names"], rng.randint(2, 3)):
+        kinds = rng.sample(FACT_KINDS, rng.randint(2, 3))
+        people.append((name, {k: fact_value(k, ents, rng) for k in kinds}))
+    facts = [(n, k, v) for n, fs in people for k, v in fs.items()]
+    rng.shuffle(facts)
+    lines = [" ".join(_answer_sentence(k, n, v, rng) for n, k, v in facts)]
+    for _ in range(rng.randint(2, 4)):
+        name, kind, value = rng.choice(facts)
+        if rng.random() < 0.5:
+            lines.append(f"Q: {rng.choice(qa.QUESTIONS_ALL[kind]).format(n=name)}\nA: {value}")
+        else:
+            asked = value if rng.random() < 0.5 else fact_value(kind, ents, rng)
+            q = rng.choice(boolq.QUESTIONS_ALL[kind]).format(n=name, v=asked, a=article(asked))
+            lines.append(f"Q: {q}\nA: {'yes' if asked == value else 'no'}")
+    return "\n".join(lines)
+
+
+def choice_quiz(rng: random.Random) -> str:
+    """The more plausible cause or effect of two, answered with the right one."""
+    names = all_names()
+    lines = []
+    for _ in range(rng.randint(1, 3)):
+        rid, other = rng.sample(range(len(copa.RELATIONS)), 2)
+        n = rng.choice(names)
+        cause, effect = (t.format(n=n) for t in copa.RELATIONS[rid])
+        if rng.random() < 0.5:
+            premise, right, wrong = effect, cause, copa.RELATIONS[other][0].format(n=n)
+            ask = rng.choice([q for qs in copa.ASK_CAUSE.values() for q in qs])
+        else:
+            premise, right, wrong = cause, effect, copa.RELATIONS[other][1].format(n=n)
+            ask = rng.choice([q for qs in copa.ASK_EFFECT.values() for q in qs])
+        a, b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
+        up = copa.sentence
+        lines.append(f"Q: {up(premise, n)} {ask} {up(a, n)[:-1]}, or {_lower_first(up(b, n)[:-1])}?\nA: {up(right, n)}")
+    return "\n".join(lines)
+
+
+def worked_problem(rng: random.Random) -> str:
+    """A word problem and its worked solution, one equation per step."""
+    ents = _entities()
+    name, other = rng.sample(ents["names"], 2)
+    item = rng.choice(ents["items"])
+    every = lambda d: [t for v in d.values() for t in v]  # noqa: E731
+    value = start = rng.randint(2, 14)
+    sentences, ops = [rng.choice(every(arith.START)).format(n=name, k=value, i=item)], []
+    for _ in range(rng.randint(1, 4)):
+        add = value < arith.MAX_VALUE - 1 and (value <= 1 or rng.random() < 0.5)
+        k = rng.randint(1, min(arith.MAX_STEP, arith.MAX_VALUE - value)) if add else rng.randint(1, min(arith.MAX_STEP, value - 1))
+        value = value + k if add else value - k
+        ops.append(("+" if add else "-", k))
+        sentences.append(rng.choice(every(arith.ADD if add else arith.SUB)).format(n=name, m=other, k=k, i=item))
+    sentences.append(rng.choice(every(arith.ASK)).format(n=name, i=item))
+    steps = []
+    for op, k in ops:  # the task's own solution format ends "The answer is N."; this one does not
+        new = start + k if op == "+" else start - k
+        steps.append(f"{start} {op} {k} = {new}.")
+        start = new
+    return f"Q: {' '.join(sentences)}\nA: {' '.join(steps)} So {name} has {value} {item}."
+
+
+def sql_quiz(rng: random.Random) -> str:
+    """Questions about the people table answered with a query."""
+    rows = sql.rows()
+    lines = []
+    for _ in range(rng.randint(2, 4)):
+        kind = rng.choice(sorted(sql.KINDS))
+        name, town, job, age, pet = rng.choice(rows)
+        fields = dict(t=town, j=job, n=name, c=rng.choice(sql.COLUMNS), k=rng.randint(25, 70), p=pet,
+                      a=article(job), a2=article(pet))
+        template, questions = sql.KINDS[kind]
+        q = rng.choice([x for qs in questions.values() for x in qs]).format(**fields)
+        lines.append(f"Q: {q}\nA: {template.format(**fields)}")
+    return "\n".join(lines)
+
+
+DOC_KINDS = {"biography": (biography, 0.22), "causal": (causal_story, 0.10), "counting": (counting_story, 0.06),
+             "worksheet": (worksheet, 0.08), "sql": (sql_snippet, 0.06), "roll_call": (roll_call, 0.12),
+             "fact_quiz": (fact_quiz, 0.16), "choice_quiz": (choice_quiz, 0.08), "worked": (worked_problem, 0.06),
+             "sql_quiz": (sql_quiz, 0.06)}
 
 
 def documents(seed: int = 0) -> Iterator[str]:

@@ -38,11 +38,11 @@ import torch
 from .corpus import CORPUS_VERSION, sample_documents
 
 RECIPES: dict[str, dict] = {
-    # about 8-10 minutes on 2 idle cores (800 updates, 1.6M tokens): the base the demo and the study use.
+    # about 9 minutes on 2 idle cores (3000 updates, 6.1M tokens): the base the demo and the study use.
     "default": dict(
-        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=64, vocab_size=2048, seq_len=128, batch_size=16, steps=800, lr=4e-3, warmup=50, min_lr_ratio=0.1,
-        weight_decay=0.01, documents=30000, tokenizer_documents=20000, seed=0, threads=2,
+        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, vocab_size=2048, seq_len=128, batch_size=16, steps=3000, lr=4e-3, warmup=100, min_lr_ratio=0.1,
+        weight_decay=0.01, documents=95000, tokenizer_documents=20000, seed=0, threads=2,
     ),
     # seconds: for tests of the machinery (not fluent).
     "quick": dict(
@@ -270,10 +270,11 @@ def probe_base(path: Path, n: int = 48, seed: int = 123) -> dict:
     for _ in range(n):
         people = [(name, {k: fact_value(k, ents, rng) for k in rng.sample(("town", "job", "pet", "color"), 2)})
                   for name in rng.sample(ents["names"], 2)]
-        text = " ".join(render_fact(rng.choice(FACT_PHRASINGS_ALL[k]), nm, v) for nm, f in people for k, v in f.items())
+        phrasing = {(nm, k): rng.choice(FACT_PHRASINGS_ALL[k]) for nm, f in people for k in f}
+        text = " ".join(render_fact(phrasing[(nm, k)], nm, v) for nm, f in people for k, v in f.items())
         name, facts = rng.choice(people)
         kind = rng.choice(sorted(facts))
-        answer = render_fact(FACT_PHRASINGS_ALL[kind][0], name, facts[kind])
+        answer = render_fact(phrasing[(name, kind)], name, facts[kind])
         prefix = answer[: answer.index(facts[kind])].rstrip()
         items["copy"].append((f"{text} {qa.QUESTIONS_ALL[kind][0].format(n=name)} {prefix}", " " + facts[kind]))
         a = rng.randint(1, 12)
