@@ -110,7 +110,7 @@ def step_reference_generate(run: DemoRun) -> None:
             run.reference_outputs[f"{name}/{label}"] = [list(o.token_ids) for o in outs]
             texts[label] = [tok.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
         for e, b, a in list(zip(exs, texts["base"], texts["adapter"]))[:N_SHOW]:
-            question = e.prompt.split("\n")[-2]
+            question = next(ln for ln in e.prompt.split("\n") if ln.startswith(("Question:", "Premise:")))
             print(f"    {question}\n        base: {b[:70]!r}\n        PARA: {a[:70]!r}   (gold {e.completion.strip()!r})")
         sb, sa = task.score(texts["base"], exs), task.score(texts["adapter"], exs)
         print(f"    {name} on {len(exs)} held-out prompts: {task.metric} base {100 * sb[task.metric]:.0f}% -> "
