@@ -51,11 +51,11 @@ class DemoRun:
 
 
 def step_base(workdir: Path) -> DemoRun:
+    import json
+
     from vllm_para.tasks.pretrain import INFO_FILE, ensure_base_model
 
     base = ensure_base_model()
-    import json
-
     info = json.loads((base / INFO_FILE).read_text())
     print(f"[1] pretrained base {base} ({info['parameters']:,} parameters, {info['tokens_seen']:,} tokens, "
           f"loss {info['loss_last50']:.2f}); greedy continuations:")

@@ -30,13 +30,19 @@ def prompt(problem: str) -> str:
     return f"Problem: {problem}\nSolution:"
 
 
-def solve(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
-    """The gold solution text (one equation per step) and the final number."""
+def equations(start: int, ops: list[tuple[str, int]]) -> tuple[list[str], int]:
+    """One equation per step ("7 + 5 = 12.") and the final number."""
     value, parts = start, []
     for op, k in ops:
         new = value + k if op == "+" else value - k
         parts.append(f"{value} {op} {k} = {new}.")
         value = new
+    return parts, value
+
+
+def solve(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
+    """The gold solution text (one equation per step) and the final number."""
+    parts, value = equations(start, ops)
     return " ".join(parts) + f" The answer is {value}.", value
 
 

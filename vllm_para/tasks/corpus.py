@@ -1,6 +1,6 @@
 """The pretraining corpus: seeded documents in the synthetic world's language.
 
-Six kinds of documents, using every entity of every split and every phrasing
+Ten kinds of documents, using every entity of every split and every phrasing
 (what a pretrained LM knows), but never the tasks' prompt formats
 ("Passage: ... Question: ... Answer:", "Premise: ... Option 1: ...",
 "Problem: ... Solution:", "Schema: ... SQL:"):
@@ -30,6 +30,21 @@ from .world import COLORS, ITEMS, JOBS, PETS, all_names, all_towns, article
 CORPUS_VERSION = 4
 
 
+def _every(templates: dict[str, tuple[str, ...]]) -> list[str]:
+    """The templates of every split (split3's train/val/test dict), in order."""
+    return [t for v in templates.values() for t in v]
+
+
+def _people(rng: random.Random, ents: dict, with_phrasing: bool) -> list[tuple[str, dict]]:
+    """2-3 people with 2-3 facts each: kind -> value (with_phrasing: (value, the phrasing to state it))."""
+    people = []
+    for name in rng.sample(ents["names"], rng.randint(2, 3)):
+        kinds = rng.sample(FACT_KINDS, rng.randint(2, 3))
+        people.append((name, {k: (fact_value(k, ents, rng), rng.choice(FACT_PHRASINGS_ALL[k])) if with_phrasing
+                              else fact_value(k, ents, rng) for k in kinds}))
+    return people
+
+
 def _entities() -> dict[str, tuple[str, ...]]:
     return {"names": all_names(), "towns": all_towns(), "jobs": JOBS, "pets": PETS, "colors": COLORS, "items": ITEMS}
 
@@ -42,11 +57,7 @@ def biography(rng: random.Random) -> str:
     """Facts about 2-3 people, then 3-5 questions answered with the sentence that stated the fact
     (so the answer is found by looking back: the copying the QA, yes/no and SQL tasks need)."""
     ents = _entities()
-    people = []
-    for name in rng.sample(ents["names"], rng.randint(2, 3)):
-        kinds = rng.sample(FACT_KINDS, rng.randint(2, 3))
-        # kind -> (value, the phrasing used for it)
-        people.append((name, {k: (fact_value(k, ents, rng), rng.choice(FACT_PHRASINGS_ALL[k])) for k in kinds}))
+    people = _people(rng, ents, with_phrasing=True)
     parts = [render_fact(t, n, v) for n, facts in people for v, t in facts.values()]
     for _ in range(rng.randint(3, 5)):
         name, facts = rng.choice(people)
@@ -105,9 +116,7 @@ def counting_story(rng: random.Random) -> str:
     name, other = rng.sample(ents["names"], 2)
     item = rng.choice(ents["items"])
     value = rng.randint(2, 14)
-    starts = [t for v in arith.START.values() for t in v]
-    adds = [t for v in arith.ADD.values() for t in v]
-    subs = [t for v in arith.SUB.values() for t in v]
+    starts, adds, subs = _every(arith.START), _every(arith.ADD), _every(arith.SUB)
     parts = [rng.choice(starts).format(n=name, k=value, i=item)]
     for _ in range(rng.randint(1, 4)):
         if value < arith.MAX_VALUE - 1 and (value <= 1 or rng.random() < 0.5):
@@ -165,10 +174,7 @@ def sql_snippet(rng: random.Random) -> str:
 def fact_quiz(rng: random.Random) -> str:
     """Facts about 2-3 people, then short-answer and yes/no questions about them."""
     ents = _entities()
-    people = []
-    for name in rng.sample(ents["names"], rng.randint(2, 3)):
-        kinds = rng.sample(FACT_KINDS, rng.randint(2, 3))
-        people.append((name, {k: fact_value(k, ents, rng) for k in kinds}))
+    people = _people(rng, ents, with_phrasing=False)
     facts = [(n, k, v) for n, fs in people for k, v in fs.items()]
     rng.shuffle(facts)
     lines = [" ".join(_answer_sentence(k, n, v, rng) for n, k, v in facts)]
@@ -193,10 +199,10 @@ def choice_quiz(rng: random.Random) -> str:
         cause, effect = (t.format(n=n) for t in copa.RELATIONS[rid])
         if rng.random() < 0.5:
             premise, right, wrong = effect, cause, copa.RELATIONS[other][0].format(n=n)
-            ask = rng.choice([q for qs in copa.ASK_CAUSE.values() for q in qs])
+            ask = rng.choice(_every(copa.ASK_CAUSE))
         else:
             premise, right, wrong = cause, effect, copa.RELATIONS[other][1].format(n=n)
-            ask = rng.choice([q for qs in copa.ASK_EFFECT.values() for q in qs])
+            ask = rng.choice(_every(copa.ASK_EFFECT))
         a, b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
         up = copa.sentence
         lines.append(f"Q: {up(premise, n)} {ask} {up(a, n)[:-1]}, or {_lower_first(up(b, n)[:-1])}?\nA: {up(right, n)}")
@@ -208,21 +214,16 @@ def worked_problem(rng: random.Random) -> str:
     ents = _entities()
     name, other = rng.sample(ents["names"], 2)
     item = rng.choice(ents["items"])
-    every = lambda d: [t for v in d.values() for t in v]  # noqa: E731
     value = start = rng.randint(2, 14)
-    sentences, ops = [rng.choice(every(arith.START)).format(n=name, k=value, i=item)], []
+    sentences, ops = [rng.choice(_every(arith.START)).format(n=name, k=value, i=item)], []
     for _ in range(rng.randint(1, 4)):
         add = value < arith.MAX_VALUE - 1 and (value <= 1 or rng.random() < 0.5)
         k = rng.randint(1, min(arith.MAX_STEP, arith.MAX_VALUE - value)) if add else rng.randint(1, min(arith.MAX_STEP, value - 1))
         value = value + k if add else value - k
         ops.append(("+" if add else "-", k))
-        sentences.append(rng.choice(every(arith.ADD if add else arith.SUB)).format(n=name, m=other, k=k, i=item))
-    sentences.append(rng.choice(every(arith.ASK)).format(n=name, i=item))
-    steps = []
-    for op, k in ops:  # the task's own solution format ends "The answer is N."; this one does not
-        new = start + k if op == "+" else start - k
-        steps.append(f"{start} {op} {k} = {new}.")
-        start = new
+        sentences.append(rng.choice(_every(arith.ADD if add else arith.SUB)).format(n=name, m=other, k=k, i=item))
+    sentences.append(rng.choice(_every(arith.ASK)).format(n=name, i=item))
+    steps, _ = arith.equations(start, ops)  # not the task's "The answer is N." ending
     return f"Q: {' '.join(sentences)}\nA: {' '.join(steps)} So {name} has {value} {item}."
 
 
@@ -236,7 +237,7 @@ def sql_quiz(rng: random.Random) -> str:
         fields = dict(t=town, j=job, n=name, c=rng.choice(sql.COLUMNS), k=rng.randint(25, 70), p=pet,
                       a=article(job), a2=article(pet))
         template, questions = sql.KINDS[kind]
-        q = rng.choice([x for qs in questions.values() for x in qs]).format(**fields)
+        q = rng.choice(_every(questions)).format(**fields)
         lines.append(f"Q: {q}\nA: {template.format(**fields)}")
     return "\n".join(lines)
 
