@@ -77,7 +77,9 @@ def test_batch_invariance(llm, prompt_ids):
     for i in (0, 6, 13, 19):
         alone = _generate(llm, [batch[i]])[0]
         assert list(alone.token_ids) == list(together[i].token_ids)
-        assert chosen_logprobs(alone) == pytest.approx(chosen_logprobs(together[i]), abs=1e-5)
+        # float32 GEMMs of 1 row and of 20 rows accumulate in different orders (oneDNN picks the
+        # blocking by shape and CPU): 1.1e-5 apart on some CPUs, so 5e-5, far below any real difference
+        assert chosen_logprobs(alone) == pytest.approx(chosen_logprobs(together[i]), abs=5e-5)
 
 
 def test_unknown_adapter_fails_alone(llm, prompt_ids):

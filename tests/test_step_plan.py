@@ -115,3 +115,52 @@ def test_no_module_level_step_state():
     for module in (ops, runtime, step_plan):
         for name, value in vars(module).items():
             assert not isinstance(value, (StepPlan, VectorPages)), f"{module.__name__}.{name}"
+
+
+def _runner(reqs: list[tuple[str, str | None]], query_lens: list[int], computed: list[int]):
+    """A stand-in for vLLM's model runner: just the fields `PARARuntime.plan_step` reads."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    qsl = np.zeros(len(reqs) + 1, dtype=np.int32)
+    qsl[1:] = np.cumsum(query_lens)
+    requests = {rid: SimpleNamespace(sampling_params=SimpleNamespace(
+        extra_args={"para_adapter": name, "para_prompt_len": 4} if name else None)) for rid, name in reqs}
+    batch = SimpleNamespace(num_reqs=len(reqs), req_ids=[rid for rid, _ in reqs],
+                            num_computed_tokens_cpu=np.array(computed, dtype=np.int32))
+    return SimpleNamespace(input_batch=batch, query_start_loc=SimpleNamespace(np=qsl), requests=requests)
+
+
+def test_a_settled_decode_batch_is_not_planned_again():
+    """Decode steps with the same batch as a step that ran no VG reuse its token pages: no host work."""
+    from types import SimpleNamespace
+
+    from vllm_para.engine.worker.runtime import PARARuntime
+    from vllm_para.engine.worker.vector_pages import VectorPages
+
+    pages = VectorPages(num_layers=1, num_pages=4, vector_width=8, max_num_tokens=16, dtype=torch.float32,
+                        device="cpu")
+    rt = PARARuntime(registry=SimpleNamespace(), slots=SimpleNamespace(), pages=pages)
+    page_b = pages.allocate("b")
+    pages.commit_filled(["b"])  # b's vectors were computed at its prefill
+    decode = _runner([("a", None), ("b", "tenant")], [1, 1], [10, 12])
+    assert not rt.plan_step(decode) and rt.plans_reused == 0
+    assert pages.token_pages[:3].tolist() == [0, page_b, 0]
+
+    pages.token_pages[0] = 3  # (a marker: a reused plan does not rewrite the buffer)
+    assert not rt.plan_step(decode) and rt.plans_reused == 1
+    assert pages.token_pages[0] == 3
+
+    # any change of the batch (a request joins, leaves, or is reordered, or a prompt is scheduled) re-plans
+    page_c = pages.allocate("c")
+    pages.commit_filled(["c"])
+    grown = _runner([("a", None), ("b", "tenant"), ("c", "tenant")], [1, 1, 1], [11, 13, 20])
+    assert not rt.plan_step(grown) and rt.plans_reused == 1
+    assert pages.token_pages[:4].tolist() == [0, page_b, page_c, 0]
+    reordered = _runner([("c", "tenant"), ("a", None), ("b", "tenant")], [1, 1, 1], [21, 12, 14])
+    assert not rt.plan_step(reordered) and rt.plans_reused == 1
+    assert pages.token_pages[:3].tolist() == [page_c, 0, page_b]
+    prefill = _runner([("c", "tenant"), ("a", None), ("b", "tenant")], [1, 5, 1], [22, 0, 15])
+    assert not rt.plan_step(prefill) and rt.plans_reused == 1
+    assert pages.token_pages[:7].tolist() == [page_c, 0, 0, 0, 0, 0, page_b]

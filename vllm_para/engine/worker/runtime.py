@@ -58,6 +58,11 @@ class PARARuntime:
         self.pages = pages
         self.layers = layers or {}  # what was wrapped (reported by stats)
         self.invariant_errors = 0
+        # (request ids, query_start_loc) of the last step that ran no VG: a step with the same
+        # batch has the same token pages (a page changes only when its request leaves the batch),
+        # so it needs no planning at all (most decode steps).
+        self._settled_batch: tuple | None = None
+        self.plans_reused = 0
 
     # ------------------------------------------------------------------ requests
     def release(self, req_ids) -> None:
@@ -78,6 +83,7 @@ class PARARuntime:
             "adapter_device_bytes": self.slots.bytes_total,
             "layers": self.layers,
             "invariant_errors": self.invariant_errors,
+            "plans_reused": self.plans_reused,
         }
 
     # ---------------------------------------------------------------- adapters
@@ -100,6 +106,11 @@ class PARARuntime:
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         qsl = runner.query_start_loc.np
+        settled = (tuple(batch.req_ids[:num_reqs]), qsl[: num_reqs + 1].tobytes())
+        if settled == self._settled_batch:  # token_pages already hold this batch's pages
+            self.plans_reused += 1
+            return StepPlan()
+        self._settled_batch = None
         pages, needs_vg, prompt_lens, whole, keys = [], [], [], [], []
         filled = self.pages.filled
         for rid in batch.req_ids[:num_reqs]:
@@ -130,6 +141,7 @@ class PARARuntime:
         self.pages.token_pages[num_tokens:].zero_()
         self.pages.token_pages[:num_tokens].copy_(torch.from_numpy(token_pages), non_blocking=True)
         if not rows:
+            self._settled_batch = settled
             return StepPlan()
         by_adapter: dict[tuple[str, int], list] = defaultdict(list)
         for row in rows:
