@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -34,12 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)
 from loadtests import protocol as P  # noqa: E402
-
-
-def _prompts(n: int, length: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randrange(10, 500) for _ in range(length)]} for _ in range(n)]
 
 
 def main(argv=None) -> int:
@@ -70,7 +65,7 @@ def main(argv=None) -> int:
                                                                  "max_adapters": args.adapters}})}
 
     def timed(system: str, seed: int, max_tokens: int) -> float:
-        batch = _prompts(args.batch, args.prompt_len, seed)
+        batch = prompts(args.batch, args.prompt_len, seed)
         params = [SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True,
                                  extra_args={"para_adapter": names[i % len(names)]} if system == "para" else None)
                   for i in range(args.batch)]
