@@ -110,7 +110,7 @@ class PARARuntime:
         if settled == self._settled_batch:  # token_pages already hold this batch's pages
             self.plans_reused += 1
             return StepPlan()
-        self._settled_batch = None
+        self._settled_batch = None  # this step rewrites token_pages: the old batch's pages are gone
         pages, needs_vg, prompt_lens, whole, keys = [], [], [], [], []
         filled = self.pages.filled
         for rid in batch.req_ids[:num_reqs]:
