@@ -115,11 +115,19 @@ def measure(url: str, base_model: str, adapter: str | None, args, seed: int) -> 
     stop.set()
     injector.join()
     elapsed = time.perf_counter() - began
+    if errors:
+        raise RuntimeError(f"measurement failed: {errors[:3]}")
+    return {**gap_metrics(gaps, elapsed), "injected": injected[0]}
+
+
+def gap_metrics(gaps: list[list[float]], elapsed: float) -> dict:
+    """ITL statistics of one pass from each stream's inter-token gaps (seconds): p50, p99 and max
+    in ms over all gaps pooled, and tokens per second (a stream's first token has no gap)."""
     flat = [g * 1000 for gs in gaps for g in gs]
-    if errors or not flat:
-        raise RuntimeError(f"measurement failed: {errors[:3] or 'no tokens streamed'}")
+    if not flat:
+        raise RuntimeError("measurement failed: no inter-token gap recorded")
     return {"itl_p50_ms": statistics.median(flat), "itl_p99_ms": percentile(flat, 99), "itl_max_ms": max(flat),
-            "decode_tok_s": (len(flat) + args.streams) / elapsed, "gaps": len(flat), "injected": injected[0]}
+            "decode_tok_s": (len(flat) + len(gaps)) / elapsed, "gaps": len(flat)}
 
 
 def server_args(system: str, args, adapters: dict[str, str]) -> list[str]:
@@ -183,7 +191,23 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_results(out: Path, ms: list[P.Measurement], args) -> None:
+def served_setup(args) -> str:
+    """The report's description of the served scenario (`main`)."""
+    return f"""Model: Llama-shaped, {args.mode} mode ({MODES[args.mode].model}), {args.dtype}; both servers
+`--max-num-batched-tokens {args.batched_tokens}`, chunked prefill on. {args.streams} base streams decode
+{args.tokens} tokens each; after {args.inject_after:.0f} s an injector sends {args.long_prompts} long base prompts
+(~{args.long_words} words: chunked in both engines), each followed by a ~{args.para_words}-word prompt that
+uses a PARA adapter in the PARA engine (prefilled in one step) and no adapter in the plain engine.
+ABBA order ({P.order_string(P.schedule(SYSTEMS, args.rounds, reuse=True))}; `*`: the server of the slot before),
+{args.rounds} measured rounds, a warm-up pass per server excluded. Medians [min-max] over rounds.
+Gaps are timed at the client.
+
+Reproduce: `python -m loadtests.mixed_itl --mode {args.mode} --dtype {args.dtype} --rounds {args.rounds}`."""
+
+
+def write_results(out: Path, ms: list[P.Measurement], args, setup: str | None = None) -> None:
+    """rounds.csv, summary.csv and report.md of a mixed-scenario run; `setup` describes how it
+    was measured (default: the served scenario of this module)."""
     with open(out / "rounds.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["round", "slot", "system", *METRICS, "gaps", "injected"])
@@ -205,13 +229,7 @@ def write_results(out: Path, ms: list[P.Measurement], args) -> None:
         for system in SYSTEMS)
     (out / "report.md").write_text(f"""# Base tenants' inter-token latency while long prompts arrive: PARA engine vs plain vLLM
 
-Model: Llama-shaped, {args.mode} mode ({MODES[args.mode].model}), {args.dtype}; both servers
-`--max-num-batched-tokens {args.batched_tokens}`, chunked prefill on. {args.streams} base streams decode
-{args.tokens} tokens each; after {args.inject_after:.0f} s an injector sends {args.long_prompts} long base prompts
-(~{args.long_words} words: chunked in both engines), each followed by a ~{args.para_words}-word prompt that
-uses a PARA adapter in the PARA engine (prefilled in one step) and no adapter in the plain engine.
-ABBA order ({P.order_string(P.schedule(SYSTEMS, args.rounds, reuse=True))}; `*`: the server of the slot before),
-{args.rounds} measured rounds, a warm-up pass per server excluded. Medians [min-max] over rounds.
+{setup or served_setup(args)}
 
 | system | ITL p50 ms | ITL p99 ms | ITL max ms | decode tok/s |
 |---|---|---|---|---|
@@ -221,8 +239,6 @@ ABBA order ({P.order_string(P.schedule(SYSTEMS, args.rounds, reuse=True))}; `*`:
 |---|---|---|
 | PARA/plain base ITL p99 <= {ITL_P99_MAX_VS_PLAIN:.2f} (median of per-round ratios) | **{verdict}** | {ratio.fmt(3) if ratio else 'n/a'} |
 | PARA/plain base ITL p50 (information) | | {p50.fmt(3) if p50 else 'n/a'} |
-
-Reproduce: `python -m loadtests.mixed_itl --mode {args.mode} --dtype {args.dtype} --rounds {args.rounds}`.
 """)
 
 

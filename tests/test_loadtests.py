@@ -294,3 +294,26 @@ def test_mixed_itl_percentile_and_report(tmp_path):
     ms[2] = P.Measurement(1, "plain", 2, {**ms[2].metrics, "itl_p99_ms": 9.0})
     M.write_results(tmp_path, ms, args)
     assert "**FAIL** | 1.222" in (tmp_path / "report.md").read_text()
+
+
+def test_mixed_itl_gaps_and_in_process_scenario():
+    """Gap statistics shared by the served and the in-engine mixed scenario, and the in-engine
+    scenario's work: the same token ids for both engines of a round, new ones every round."""
+    import importlib.util
+
+    from loadtests import mixed_itl as M
+
+    m = M.gap_metrics([[0.010, 0.012, 0.300], [0.011]], elapsed=1.0)
+    assert m["gaps"] == 4 and m["itl_max_ms"] == pytest.approx(300.0) and m["itl_p99_ms"] == pytest.approx(300.0)
+    assert m["itl_p50_ms"] == pytest.approx(11.5) and m["decode_tok_s"] == pytest.approx(6.0)
+    with pytest.raises(RuntimeError, match="no inter-token gap"):
+        M.gap_metrics([[], []], elapsed=1.0)
+    spec = importlib.util.spec_from_file_location("mixed_itl_step", ROOT / "benchmarks" / "mixed_itl_step.py")
+    S = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(S)
+    args = S.parse_args(["--streams", "3", "--long-prompts", "2", "--long-tokens", "40", "--para-tokens", "9"])
+    streams, jobs = S.scenario(5, args, vocab=300)
+    assert [len(s) for s in streams] == [args.stream_tokens] * 3
+    assert [(len(ids), para) for ids, para in jobs] == [(40, False), (9, True), (40, False), (9, True)]
+    assert all(10 <= t < 300 for ids, _ in jobs for t in ids)
+    assert S.scenario(5, args, 300) == (streams, jobs) and S.scenario(6, args, 300) != (streams, jobs)

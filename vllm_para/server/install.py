@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from vllm_para.engine.frontend.admission import settings_of
@@ -11,7 +10,7 @@ from ..patching import wrap_attribute
 from .beam_search import wrap_beam_search
 from .cli_args import install_cli_hooks
 from .generate_hook import wrap_generate
-from .metrics import poll_worker_stats
+from .metrics import RefreshOnScrape, WorkerStatsRefresher
 from .openai_models import (
     wrap_check_model,
     wrap_maybe_get_adapters,
@@ -42,8 +41,10 @@ def _wrap_attach(original):
     @functools.wraps(original)
     def attach_endpoint_plugins(app, *args, **kwargs):
         result = original(app, *args, **kwargs)
-        if _para_enabled(app.state.args) and runtime_updating_enabled():
-            app.include_router(router)
+        if _para_enabled(app.state.args):
+            app.add_middleware(RefreshOnScrape)  # worker gauges read when /metrics is scraped
+            if runtime_updating_enabled():
+                app.include_router(router)
         return result
 
     return attach_endpoint_plugins
@@ -54,7 +55,7 @@ def _wrap_init_state(original):
     async def init_endpoint_plugins_state(engine_client, state, args, *rest, **kwargs):
         result = await original(engine_client, state, args, *rest, **kwargs)
         if _para_enabled(args) and engine_client is not None:
-            state.para_stats_task = asyncio.get_running_loop().create_task(poll_worker_stats(engine_client))
+            state.para_stats_refresher = WorkerStatsRefresher(engine_client)
         return result
 
     return init_endpoint_plugins_state
