@@ -178,10 +178,15 @@ def test_runtime_load_serve_unload_cycle(server, adapters, tmp_path):
 
 
 def test_client_disconnect_frees_page(server):
-    """The page gauge is polled from the workers once a second: the stream must outlive a poll,
-    so it asks for as many tokens as the context allows and is read slowly."""
+    """The page gauge is read from the workers when /metrics is scraped (reusing the last value
+    for MIN_REFRESH_SECONDS): the stream asks for as many tokens as the context allows, is read
+    slowly, and its first scrape comes after that window, so it reads the workers while the
+    request runs."""
+    from vllm_para.server.metrics import MIN_REFRESH_SECONDS
+
     pages = "vllm_para:side_buffer_pages_in_use"
     assert _wait_metric(server, pages, 0.0)  # nothing left over from earlier tests
+    time.sleep(2 * MIN_REFRESH_SECONDS)
     body = {"model": "sql", "prompt": PROMPTS[0], "max_tokens": 480, "ignore_eos": True, "stream": True}
     with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
         lines = r.iter_lines()
