@@ -65,7 +65,6 @@ class WorkerStatsRefresher:
     def __init__(self, engine_client) -> None:
         self.engine_client = engine_client
         self.refreshed_at: float | None = None
-        self.calls = 0
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
@@ -86,7 +85,6 @@ class WorkerStatsRefresher:
 
         registry = frontend_registry(self.engine_client.vllm_config)
         ADAPTERS_LOADED.set(len(registry.names()) if registry is not None else 0)
-        self.calls += 1
         stats = (await self.engine_client.collective_rpc("para_stats"))[0]
         if stats:
             PAGES_IN_USE.set(stats["pages_in_use"])
