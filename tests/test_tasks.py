@@ -240,3 +240,7 @@ def test_base_model_cache(tmp_path, monkeypatch):
 
     tok = AutoTokenizer.from_pretrained(str(path))
     assert tok("Vermi")["input_ids"][0] == tok.bos_token_id
+    probe = pretrain.probe_base(path, n=2)
+    assert set(probe) == {"copy", "arithmetic", "cause_effect", "repeat_first", "repeat_second"}
+    assert all(0.0 <= v <= 1.0 for v in probe.values())
+    assert json.loads((path / pretrain.PROBE_FILE).read_text()) == probe  # cached

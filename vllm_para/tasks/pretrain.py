@@ -151,7 +151,9 @@ def _packed_batches(tokenizer, documents: list[str], seq_len: int) -> torch.Tens
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def pretrain(directory: Path, spec: dict, log=print) -> Path:
+def pretrain(directory: Path, spec: dict, log=print, on_step=None) -> Path:
+    """Train `spec` into `directory`. `on_step(step, model, tokenizer)`, if given, runs after every update
+    (for probes during training; it must not change the model)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     start, cpu_start = time.time(), time.process_time()
@@ -203,6 +205,8 @@ def pretrain(directory: Path, spec: dict, log=print) -> Path:
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if on_step is not None:
+                on_step(step + 1, model, tokenizer)
             if (step + 1) % 50 == 0 or step == 0:
                 log(f"  pretrain step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
                     f"({time.time() - start:.0f} s)")
@@ -232,25 +236,54 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build (or find) the cached pretrained base model.")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument("--probe", action="store_true", help="also print what the base can do (probe_base)")
     args = p.parse_args(argv)
     path = ensure_base_model(args.recipe, force=args.force)
     info = json.loads((path / INFO_FILE).read_text())
     print(f"{path}  ({info['parameters']} parameters, final loss {info['loss_last50']:.3f}, built in {info['seconds']} s)")
+    if args.probe:
+        print(json.dumps(probe_base(path), indent=2))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ---------------------------------------------------------------------- probe
-PROBE_FILE = "probe.json"
+PROBE_FILE = "probe-v2.json"  # v2 added the repeat probe
+
+
+def repeat_lists(n: int, rng) -> list[str]:
+    """`n` lists of 10 random entity words (every split's), for `repeat_probe`."""
+    from .world import all_entities
+
+    ents = all_entities()
+    words = sorted({w for k in ("names", "towns", "jobs", "pets", "colors") for w in ents[k]})
+    return [" ".join(rng.sample(words, 10)) for _ in range(n)]
+
+
+def repeat_probe(model, tok, lists: list[str]) -> tuple[float, float]:
+    """Teacher-forced greedy next-token accuracy on the first and the second half of
+    "w1 ... w10. w1 ... w10", averaged over `lists`. Both halves count from their second token."""
+    first = second = 0.0
+    was_training = model.training
+    model.eval()
+    for seq in lists:
+        ids = tok(f"{seq}. {seq}")["input_ids"]
+        n1, n2 = len(tok(seq)["input_ids"]) - 1, len(tok(" " + seq)["input_ids"]) - 1  # without BOS
+        with torch.no_grad():
+            pred = model(torch.tensor([ids])).logits[0].argmax(-1)
+        hit = (pred[:-1] == torch.tensor(ids[1:])).float()  # hit[i]: token i+1 predicted from 0..i
+        first += hit[1:n1].mean().item()
+        second += hit[len(ids) - n2:].mean().item()
+    model.train(was_training)
+    return first / len(lists), second / len(lists)
 
 
 def probe_base(path: Path, n: int = 48, seed: int = 123) -> dict:
     """What the pretrained base can do in its own (pretraining) formats, greedy, cached in
-    `probe.json`: copy a fact from the text before ("... Where does Talo live? Talo lives in" -> " Vermi"),
-    add/subtract ("7 + 5 =" -> " 12."), and continue a cause with its effect ("Talo was hungry, so" -> " Talo ate ...")."""
+    `probe-v2.json`: copy a fact from the text before ("... Where does Talo live? Talo lives in" -> " Vermi"),
+    add/subtract ("7 + 5 =" -> " 12."), continue a cause with its effect ("Talo was hungry, so" -> " Talo ate ..."),
+    and copy at all: `repeat_first` / `repeat_second` are the teacher-forced next-token accuracies on the
+    two halves of "w1 ... w10. w1 ... w10" (random entity words). Only a model with an induction head
+    (content-based look-up) scores higher on the second half than on the first."""
     import random as _random
 
     path = Path(path)
@@ -287,10 +320,16 @@ def probe_base(path: Path, n: int = 48, seed: int = 123) -> dict:
                                       " " + effect.format(n=who)))
     tok = AutoTokenizer.from_pretrained(str(path))
     ref = PARAReferenceModel.from_pretrained(path)
+    repeats = repeat_lists(n, rng)
     out = {}
     for kind, pairs in items.items():
         gens = ref.greedy([tok(p)["input_ids"] for p, _ in pairs], max_new_tokens=8, stop_at_eos=False)
         texts = [tok.decode(g.token_ids, skip_special_tokens=True) for g in gens]
         out[kind] = sum(t.startswith(want) for t, (_, want) in zip(texts, pairs)) / len(pairs)
+    out["repeat_first"], out["repeat_second"] = repeat_probe(ref.model, tok, repeats)
     cached.write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
