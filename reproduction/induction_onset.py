@@ -4,7 +4,13 @@
     .venv/bin/python reproduction/induction_onset.py --layers 2 --batch 2 --steps 90000 --every 10000
 
 An induction head shows as the second-half accuracy pulling away from the first half's. Writes
-`<out>/onset.json` (the probe curve and the loss at each probe). Over the issue's 10-minute
+`<out>/onset.json` (the probe curve and the loss at each probe).
+
+    .venv/bin/python reproduction/induction_onset.py --nll ~/.cache/vllm-para/base-*/
+
+instead compares built bases on held-out corpus documents: mean NLL of tokens whose bigram
+(previous token, token) already occurred earlier in the document (predictable by in-context
+copying) against all other tokens. Over the issue's 10-minute
 pretraining budget on purpose: this measures where the onset is, it does not build the study's base.
 """
 
@@ -25,6 +31,25 @@ if str(ROOT) not in sys.path:
 from vllm_para.tasks.pretrain import RECIPES, pretrain, repeat_lists, repeat_probe  # noqa: E402
 
 
+def repeated_bigram_nll(path: Path, documents: list[str], max_len: int = 128) -> tuple[float, float]:
+    """(mean NLL of repeated-bigram tokens, of the other tokens) of the base at `path`, from the third token on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    repeated, other = [], []
+    for doc in documents:
+        ids = tok(doc)["input_ids"][:max_len]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+        seen = set()
+        for i in range(2, len(ids)):
+            seen.add((ids[i - 2], ids[i - 1]))
+            (repeated if (ids[i - 1], ids[i]) in seen else other).append(-logp[i - 1, ids[i]].item())
+    return sum(repeated) / len(repeated), sum(other) / len(other)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=2)
@@ -35,7 +60,16 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=10000)
     p.add_argument("--probes", type=int, default=40)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--nll", type=Path, nargs="+", default=None, help="built bases to compare (no training)")
     args = p.parse_args(argv)
+    if args.nll:
+        from vllm_para.tasks.corpus import sample_documents
+
+        docs = sample_documents(300, seed=999)[:150]  # seed 999: not the pretraining corpus's draw
+        for path in args.nll:
+            rep, other = repeated_bigram_nll(path, docs)
+            print(f"{path.name}: repeated-bigram tokens NLL {rep:.3f}, other tokens {other:.3f}")
+        return 0
     spec = dict(RECIPES["default"], num_hidden_layers=args.layers, batch_size=args.batch, seq_len=args.seq_len,
                 steps=args.steps, lr=args.lr, warmup=300)
     lists = repeat_lists(args.probes, random.Random(123))
