@@ -244,3 +244,30 @@ def test_base_model_cache(tmp_path, monkeypatch):
     assert set(probe) == {"copy", "arithmetic", "cause_effect", "repeat_first", "repeat_second"}
     assert all(0.0 <= v <= 1.0 for v in probe.values())
     assert json.loads((path / pretrain.PROBE_FILE).read_text()) == probe  # cached
+
+
+def test_repeat_probe_scores_only_the_copyable_half():
+    """An ideal induction head (predict what followed the last earlier occurrence of the current
+    token) scores 0 on the first half of "w1 ... w10. w1 ... w10" and 1 on the second."""
+    import random
+
+    import torch
+
+    from vllm_para.tasks import pretrain
+
+    lists = pretrain.repeat_lists(3, random.Random(0))
+    vocab = {w: i + 2 for i, w in enumerate(sorted({w for s in lists for w in s.split()} | {"."}))}
+
+    def tok(text):  # word-level stand-in: BOS (1), one id per word, "." its own word
+        return {"input_ids": [1] + [vocab[w] for w in text.replace(".", " .").split()]}
+
+    class Copier(torch.nn.Module):
+        def forward(self, ids):
+            seq = ids[0].tolist()
+            logits = torch.zeros(1, len(seq), len(vocab) + 2)
+            for i, t in enumerate(seq):
+                earlier = [j for j in range(i) if seq[j] == t]
+                logits[0, i, seq[earlier[-1] + 1] if earlier else 0] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    assert pretrain.repeat_probe(Copier(), tok, lists) == (0.0, 1.0)
