@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import adapters as ad
+from . import engine_metrics as EM
 from . import protocol as P
 from .locust_runner import LoadSpec, run_locust, summarize
 from .report import write_plots, write_ratios, write_report, write_rounds, write_summary
@@ -311,9 +312,11 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
         for slot in life:
             for c in plan.levels:
                 tag = f"{system}_r{slot.round}_c{c}" if not slot.warmup else f"{system}_w{-slot.round}_c{c}"
+                before = EM.scrape(srv.url)
                 rec = run_locust(srv.url, plan.load(c, setup.models, slot.round), run_dir / "locust" / tag)
-                m = P.Measurement(slot.round, system, c, summarize(rec, plan.max_tokens), warmup=slot.warmup,
-                                  slot=slot.index, fresh=slot.fresh)
+                metrics = {**summarize(rec, plan.max_tokens), **EM.phase_metrics(before, EM.scrape(srv.url))}
+                m = P.Measurement(slot.round, system, c, metrics, warmup=slot.warmup, slot=slot.index,
+                                  fresh=slot.fresh)
                 row = m.metrics
                 _log(f"[{system}] {'warm-up ' if slot.warmup else ''}round {slot.round} c={c}: {row['requests']} "
                      f"requests, {row['failures']} failed, {row['output_tokens_per_s']:.1f} output tok/s, "

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import protocol as P
 
 METRICS = ["output_tokens_per_s", "requests_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50",
-           "latency_p50", "wall_s"]
+           "latency_p50", "wall_s", "engine_queue_ms", "engine_prefill_ms", "engine_tpot_ms"]
 ROUND_FIELDS = ["slot", "round", "warmup", "fresh", "system", "concurrency", "requests", "failures", *METRICS]
 SUMMARY_FIELDS = ["system", "concurrency", "rounds", "requests_per_round", "failures"] + [
     f"{m}_{s}" for m in METRICS for s in ("median", "min", "max")]
@@ -25,6 +25,8 @@ RATIOS = [
     ("PARA/base ITL p50", "para", "base", "itl_p50"),
     ("PARA/base ITL p99", "para", "base", "itl_p99"),
     ("PARA/base TPOT p50", "para", "base", "tpot_p50"),
+    ("PARA/base engine TPOT (mean)", "para", "base", "engine_tpot_ms"),
+    ("PARA/base engine prefill (mean)", "para", "base", "engine_prefill_ms"),
     ("PARA/LoRA-matched output tok/s", "para", "lora-matched", "output_tokens_per_s"),
     ("PARA/LoRA-16 output tok/s", "para", "lora16", "output_tokens_per_s"),
 ]
@@ -128,10 +130,23 @@ def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | N
                                                   "itl_p99", "tpot_p50")]
         lines.append(f"| {row['system']} | {row['concurrency']} | {row['rounds']} | {row['failures']} | "
                      + " | ".join(cells) + " |")
+    engine = ("engine_queue_ms", "engine_prefill_ms", "engine_tpot_ms")
+    if any(sp[m] for m in engine):
+        lines += ["", "Engine side (vLLM's request histograms, means per phase, ms): what the engine core "
+                  "stamped, without the API server, HTTP and the client.", "",
+                  "| system | concurrency | queue | prefill | TPOT (decode time per token after the first) |",
+                  "|---|---|---|---|---|"]
+        for row in summary_rows(ms):
+            key = (row["system"], row["concurrency"])
+            lines.append(f"| {row['system']} | {row['concurrency']} | "
+                         + " | ".join(_cell(sp[m].get(key), 2) for m in engine) + " |")
 
     lines += ["", "## Ratios (median [min-max] of the per-round ratios)", "",
               "Each ratio is computed within a round (the two measurements closest in time), then summarized "
-              "over rounds. Throughput: higher is better for PARA; latencies: lower is better.", ""]
+              "over rounds. Throughput: higher is better for PARA; latencies: lower is better. The engine rows "
+              "come from vLLM's own request histograms (`/metrics`, scraped before and after each phase; stamped "
+              "by the engine core, so without the API server, HTTP and the client): mean prefill time per "
+              "request, and decode time per generated token after the first.", ""]
     rr = ratio_rows(ms)
     levels = P.levels(ms)
     present = [label for label, *_ in RATIOS if any(r["ratio"] == label for r in rr)]

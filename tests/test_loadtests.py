@@ -103,6 +103,8 @@ def test_small_mode_end_to_end(tmp_path):
     assert len(warmups) == len(servers) * len(LEVELS)  # every fresh server warmed up at every level
     for r in rounds:
         assert int(r["failures"]) == 0 and float(r["output_tokens_per_s"]) > 0, r
+    for r in measured:  # vLLM's own histograms, scraped around each phase
+        assert float(r["engine_tpot_ms"]) > 0 and float(r["engine_prefill_ms"]) > 0, r
     for system in SYSTEMS:
         for c in LEVELS:  # locust ran and wrote its CSVs with our request types in them
             for rd in range(ROUNDS):
@@ -126,6 +128,7 @@ def test_small_mode_end_to_end(tmp_path):
         assert (float(row["min"]), float(row["max"])) == pytest.approx((min(per_round), max(per_round)), rel=1e-3)
         assert row["per_round"].count("=") == ROUNDS
         assert ("PARA/base TTFT p50", c) in ratios
+        assert ("PARA/base engine TPOT (mean)", c) in ratios
 
     report = (run / "report.md").read_text()
     assert "measured rounds, warm-up excluded | **PASS** | 3 measured round(s)" in report
@@ -317,3 +320,32 @@ def test_mixed_itl_gaps_and_in_process_scenario():
     assert [(len(ids), para) for ids, para in jobs] == [(40, False), (9, True), (40, False), (9, True)]
     assert all(10 <= t < 300 for ids, _ in jobs for t in ids)
     assert S.scenario(5, args, 300) == (streams, jobs) and S.scenario(6, args, 300) != (streams, jobs)
+
+
+def test_engine_metrics_from_two_scrapes():
+    """Engine-side phase timings are deltas of vLLM's histograms between two /metrics scrapes,
+    summed over label sets (e.g. one series per engine or model name)."""
+    from loadtests import engine_metrics as EM
+
+    def text(queue, prefill, decode, n, tokens):
+        lines = []
+        for name, total in (("request_queue_time_seconds", queue), ("request_prefill_time_seconds", prefill),
+                            ("request_decode_time_seconds", decode)):
+            lines.append(f"# TYPE vllm:{name} histogram")
+            for engine in ("0", "1"):  # two label sets: each carries half
+                lines += [f'vllm:{name}_bucket{{engine="{engine}",le="+Inf"}} {n / 2}',
+                          f'vllm:{name}_count{{engine="{engine}"}} {n / 2}',
+                          f'vllm:{name}_sum{{engine="{engine}"}} {total / 2}']
+        lines.append("# TYPE vllm:generation_tokens_total counter")  # as prometheus_client writes counters
+        lines += [f'vllm:generation_tokens_total{{engine="{e}"}} {tokens / 2}' for e in ("0", "1")]
+        return "\n".join(lines) + "\n"
+
+    before = EM.totals(text(queue=1.0, prefill=2.0, decode=10.0, n=4, tokens=400))
+    after = EM.totals(text(queue=1.4, prefill=2.8, decode=16.3, n=8, tokens=656))
+    got = EM.phase_metrics(before, after)
+    assert got["engine_queue_ms"] == pytest.approx(100.0)  # 0.4 s over 4 requests
+    assert got["engine_prefill_ms"] == pytest.approx(200.0)
+    assert got["engine_tpot_ms"] == pytest.approx(25.0)  # 6.3 s over 256 - 4 tokens after each first
+    assert EM.phase_metrics(after, after) == {"engine_queue_ms": None, "engine_prefill_ms": None,
+                                              "engine_tpot_ms": None}
+    assert EM.scrape("http://127.0.0.1:9") == {}  # nothing listening: no numbers, no exception
