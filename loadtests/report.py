@@ -11,9 +11,10 @@ import csv
 from pathlib import Path
 
 from . import protocol as P
+from .engine_metrics import METRICS as ENGINE_METRICS
 
 METRICS = ["output_tokens_per_s", "requests_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50",
-           "latency_p50", "wall_s", "engine_queue_ms", "engine_prefill_ms", "engine_tpot_ms"]
+           "latency_p50", "wall_s", *ENGINE_METRICS]
 ROUND_FIELDS = ["slot", "round", "warmup", "fresh", "system", "concurrency", "requests", "failures", *METRICS]
 SUMMARY_FIELDS = ["system", "concurrency", "rounds", "requests_per_round", "failures"] + [
     f"{m}_{s}" for m in METRICS for s in ("median", "min", "max")]
@@ -130,8 +131,7 @@ def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | N
                                                   "itl_p99", "tpot_p50")]
         lines.append(f"| {row['system']} | {row['concurrency']} | {row['rounds']} | {row['failures']} | "
                      + " | ".join(cells) + " |")
-    engine = ("engine_queue_ms", "engine_prefill_ms", "engine_tpot_ms")
-    if any(sp[m] for m in engine):
+    if any(sp[m] for m in ENGINE_METRICS):
         lines += ["", "Engine side (vLLM's request histograms, means per phase, ms): what the engine core "
                   "stamped, without the API server, HTTP and the client.", "",
                   "| system | concurrency | queue | prefill | TPOT (decode time per token after the first) |",
@@ -139,7 +139,7 @@ def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | N
         for row in summary_rows(ms):
             key = (row["system"], row["concurrency"])
             lines.append(f"| {row['system']} | {row['concurrency']} | "
-                         + " | ".join(_cell(sp[m].get(key), 2) for m in engine) + " |")
+                         + " | ".join(_cell(sp[m].get(key), 2) for m in ENGINE_METRICS) + " |")
 
     lines += ["", "## Ratios (median [min-max] of the per-round ratios)", "",
               "Each ratio is computed within a round (the two measurements closest in time), then summarized "
