@@ -107,6 +107,7 @@ class FleetPlan:
     startup_timeout_s: int
     host_cache: int = HOST_CACHE
     device_slots: int = DEVICE_SLOTS
+    enforce_eager: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "FleetPlan":
@@ -116,7 +117,8 @@ class FleetPlan:
         return cls(args.mode, MODES[args.mode].model, tuple(args.systems), args.fleet_adapters, levels,
                    args.requests or d.requests, args.prompt_words or d.prompt_words, args.max_tokens or d.max_tokens,
                    zipf, args.seed, args.dtype, args.rounds or d.rounds, args.warmup_requests, args.run_time,
-                   args.startup_timeout, args.fleet_host_cache, args.fleet_device_slots)
+                   args.startup_timeout, args.fleet_host_cache, args.fleet_device_slots,
+                   getattr(args, "enforce_eager", False))
 
     @property
     def names(self) -> tuple[str, ...]:
