@@ -49,6 +49,7 @@ def test_files_read_once_then_never(registry, tmp_path):
     got = slots.acquire({_key(registry, "a")})[_key(registry, "a")]
     host = registry.get("a").weights
     assert torch.equal(got.down, host.down) and torch.equal(got.up, host.up) and torch.equal(got.up_bias, host.up_bias)
+    assert all(got.up[layer].t().is_contiguous() for layer in range(2))  # the VG reads one contiguous r x V block
     assert registry.host_bytes == sum(registry.get(n).host_bytes for n in "abc") > 0
     assert registry.num_held == 3
 

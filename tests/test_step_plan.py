@@ -86,7 +86,7 @@ def test_vg_op_uses_the_side_buffer_and_plan_of_the_running_engine():
     engines = [_engine_state(seed) for seed in (1, 2)]
     residual = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
     for pages, weights in engines:
-        pages.plan = StepPlan([VGGroup(weights, torch.tensor([2]), [0], [5], torch.tensor([4]))], ["r"])
+        pages.plan = StepPlan([VGGroup(weights, slice(0, 1), [0], [5])], torch.tensor([2]), torch.tensor([4]), ["r"])
 
     torch.ops.vllm_para.compute_vectors(residual, engines[0][0].vectors, 1, SIDE_BUFFER_KEY)  # no forward: no-op
     assert torch.equal(engines[0][0].vectors, torch.ones_like(engines[0][0].vectors))
@@ -106,6 +106,31 @@ def test_vg_op_uses_the_side_buffer_and_plan_of_the_running_engine():
     with override_forward_context(_forward_context({SIDE_BUFFER_KEY: pages})):
         torch.ops.vllm_para.compute_vectors(residual * 2, pages.vectors, 1, SIDE_BUFFER_KEY)
     assert torch.equal(pages.vectors, before)
+
+
+def test_vg_op_groups_share_one_gather_and_one_write():
+    """Three prompts, two adapters (one pooling "mean"), rows in group order: every page gets
+    its own adapter's VG of its own prompt, as `vg_forward` computes it row by row."""
+    from vllm.forward_context import override_forward_context
+
+    from vllm_para.core import pool_mean
+    from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY
+
+    pages, last_w = _engine_state(4)
+    _, mean_w = _engine_state(5)
+    mean_w = SlotWeights(mean_w.down, mean_w.up, mean_w.up_bias, "mean")
+    residual = torch.randn(12, 8, generator=torch.Generator().manual_seed(6))
+    # flat batch: prompt A tokens 0..3 (last), prompt B 4..8 (mean), prompt C 9..11 (last)
+    pages.plan = StepPlan([VGGroup(last_w, slice(0, 2), [0, 9], [4, 12]), VGGroup(mean_w, slice(2, 3), [4], [9])],
+                          pages=torch.tensor([0, 2, 1]), last_index=torch.tensor([3, 11, 8]),
+                          pending_fills=["A", "C", "B"])
+    with override_forward_context(_forward_context({SIDE_BUFFER_KEY: pages})):
+        torch.ops.vllm_para.compute_vectors(residual, pages.vectors, 0, SIDE_BUFFER_KEY)
+    for page, w, pooled in ((0, last_w, residual[3:4]), (2, last_w, residual[11:12]),
+                            (1, mean_w, pool_mean(residual, 4, 9)[None])):
+        want = vg_forward(pooled, w.down[0], w.up[0], w.up_bias[0])
+        torch.testing.assert_close(pages.vectors[0, page:page + 1], want)
+    assert torch.equal(pages.vectors[1], torch.ones_like(pages.vectors[1]))
 
 
 def test_no_module_level_step_state():

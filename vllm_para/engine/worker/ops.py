@@ -38,15 +38,17 @@ def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int, k
     plan = pages.plan if pages is not None else None
     if not plan:
         return
-    layer_vectors = vectors[layer]
+    last = pool_last(residual, plan.last_index)  # every row's final token, one gather
+    outs = []
     for group in plan.groups:
         w = group.weights
         if w.pooling == "last":
-            pooled = pool_last(residual, group.last_index)
+            pooled = last[group.rows]
         else:
             pooled = pool_prompts(residual, group.starts, group.ends, w.pooling)
-        out = vg_forward(pooled, w.down[layer], w.up[layer], w.up_bias[layer], out_dtype=vectors.dtype)
-        layer_vectors.index_copy_(0, group.pages, out)
+        outs.append(vg_forward(pooled, w.down[layer], w.up[layer], w.up_bias[layer]))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    vectors[layer].index_copy_(0, plan.pages, out.to(vectors.dtype))
 
 
 def _fake(residual: torch.Tensor, vectors: torch.Tensor, layer: int, key: str) -> None:

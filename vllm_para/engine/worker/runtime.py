@@ -148,18 +148,15 @@ class PARARuntime:
             by_adapter[keys[row.request]].append(row)
         weights = self.slots.acquire(set(by_adapter))
         device = self.pages.token_pages.device
-        groups = []
+        groups, ordered = [], []
         for key, group in by_adapter.items():
-            groups.append(
-                VGGroup(
-                    weights=weights[key],
-                    pages=torch.tensor([r.page for r in group], dtype=torch.long).to(device, non_blocking=True),
-                    starts=[r.start for r in group],
-                    ends=[r.end for r in group],
-                    last_index=torch.tensor([r.end - 1 for r in group], dtype=torch.long).to(device, non_blocking=True),
-                )
-            )
-        return StepPlan(groups, [batch.req_ids[r.request] for r in rows])
+            first = len(ordered)
+            ordered.extend(group)
+            groups.append(VGGroup(weights[key], slice(first, len(ordered)),
+                                  [r.start for r in group], [r.end for r in group]))
+        pages = torch.tensor([r.page for r in ordered], dtype=torch.long).to(device, non_blocking=True)
+        last = torch.tensor([r.end - 1 for r in ordered], dtype=torch.long).to(device, non_blocking=True)
+        return StepPlan(groups, pages, last, [batch.req_ids[r.request] for r in ordered])
 
 
 def host_weights_preparer(layout: RankLayout, layers: tuple[int, int], pin: bool):

@@ -82,20 +82,24 @@ def plan_tokens(
 
 @dataclass
 class VGGroup:
-    """Prompts of one adapter in this step (one batched VG call per layer)."""
+    """Prompts of one adapter in this step (one VG call per layer)."""
 
     weights: SlotWeights
-    pages: torch.Tensor  # [n] destination pages (device)
-    starts: list[int]  # flat token index of each prompt's first pooled token
+    rows: slice  # this group's rows of the step's VG rows (StepPlan.pages / last_index)
+    starts: list[int]  # flat token index of each prompt's first pooled token ("mean" pooling)
     ends: list[int]  # exclusive; ends[i] - 1 is the prompt's final token
-    last_index: torch.Tensor  # [n] = ends - 1 (device), for "last" pooling
 
 
 @dataclass
 class StepPlan:
+    """The step's VG rows, ordered by adapter group: each layer pools every row's final
+    token with one gather, runs one VG per group, and writes all rows' vectors with one
+    copy (the fewest eager calls per layer: at prefill they cost more than their arithmetic)."""
+
     groups: list[VGGroup] = field(default_factory=list)
+    pages: torch.Tensor | None = None  # [rows] destination pages (device)
+    last_index: torch.Tensor | None = None  # [rows] flat index of each prompt's final token (device)
     pending_fills: list[str] = field(default_factory=list)  # request ids whose pages this step fills
 
     def __bool__(self) -> bool:
         return bool(self.groups)
-
