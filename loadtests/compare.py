@@ -133,6 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fleet: --max-para-adapters / --max-loras (default 8)")
     p.add_argument("--concurrency", default=None, help="comma-separated levels (default: the mode's)")
     p.add_argument("--requests", type=int, default=None, help="requests per concurrency level")
+    p.add_argument("--requests-per-user", type=int, default=None,
+                   help="at least this many requests per simulated user at each level: level c sends "
+                        "max(--requests, N * c), so high-concurrency phases last as long as low ones "
+                        "(a 48-request phase at c=16 lasts about 4 s, shorter than this VM's drift)")
     p.add_argument("--adapters", type=int, default=None, help="adapters per system (default: the mode's)")
     p.add_argument("--prompt-words", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=None, help="fixed output length")
@@ -198,6 +202,7 @@ class Plan:
     warmup_requests: int | None = None
     reuse: bool = True
     enforce_eager: bool = False
+    requests_per_user: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Plan":
@@ -209,13 +214,17 @@ class Plan:
                    args.seed, args.run_time,
                    args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
                    args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent",
-                   getattr(args, "enforce_eager", False))
+                   getattr(args, "enforce_eager", False), getattr(args, "requests_per_user", None))
+
+    def requests_at(self, concurrency: int) -> int:
+        """Measured requests of one phase at `concurrency`."""
+        return max(self.requests, (self.requests_per_user or 0) * concurrency)
 
     def load(self, concurrency: int, models: tuple[str, ...], round_: int, warmup: bool = False,
              requests: int | None = None) -> LoadSpec:
         """The phase (round, level) sends the same seeded requests on every system; different phases
         send different prompts, so no phase is served from another phase's prefix cache."""
-        return LoadSpec(concurrency=concurrency, total_requests=requests or self.requests,
+        return LoadSpec(concurrency=concurrency, total_requests=requests or self.requests_at(concurrency),
                         max_tokens=self.max_tokens, prompt_words=self.prompt_words, models=models,
                         distribution=self.distribution, zipf_exponent=self.zipf_exponent,
                         seed=phase_seed(self.seed, round_, self.levels.index(concurrency), warmup),
@@ -232,7 +241,9 @@ class Plan:
                           f"{m.intermediate_size}, {m.num_hidden_layers} layers, {m.num_attention_heads} heads, "
                           f"{m.num_key_value_heads} KV heads, head_dim {m.head_dim}",
             "adapters per system": self.adapters, "traffic": traffic,
-            "requests per concurrency level": self.requests, "concurrency levels": list(self.levels),
+            "requests per concurrency level": (", ".join(f"c={c}: {self.requests_at(c)}" for c in self.levels)
+                                               if self.requests_per_user else self.requests),
+            "concurrency levels": list(self.levels),
             "seed": self.seed,
             "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype, self.enforce_eager))}`, "
                                           "VLLM_CPU_KVCACHE_SPACE=1",

@@ -71,6 +71,17 @@ def test_phase_seeds_pair_systems_and_separate_phases():
     assert phase_seed(1, 0, 0) != phase_seed(0, 0, 0)
 
 
+def test_requests_per_user_lengthens_high_concurrency_phases():
+    from loadtests.compare import Plan, parse_args
+
+    plain = Plan.from_args(parse_args(["--mode", "full"]))
+    assert [plain.load(c, ("m",), 0).total_requests for c in plain.levels] == [48, 48, 48]
+    plan = Plan.from_args(parse_args(["--mode", "full", "--requests-per-user", "32"]))
+    assert [plan.load(c, ("m",), 0).total_requests for c in plan.levels] == [48, 128, 512]
+    assert plan.load(16, ("m",), 0, warmup=True, requests=16).total_requests == 16  # warm-up keeps its own size
+    assert plan.meta([])["requests per concurrency level"] == "c=1: 48, c=4: 128, c=16: 512"
+
+
 @pytest.mark.server
 def test_small_mode_end_to_end(tmp_path):
     """The ABBA protocol for real: one server at a time, in ABBA order, warm-up excluded,
