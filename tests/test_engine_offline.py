@@ -82,6 +82,17 @@ def test_batch_invariance(llm, prompt_ids):
         assert chosen_logprobs(alone) == pytest.approx(chosen_logprobs(together[i]), abs=5e-5)
 
 
+def test_one_params_object_shared_across_prompts_is_not_written(llm, prompt_ids):
+    """Admission writes PARA's internal keys on the request's own copy of the params (the one
+    vLLM's input processor makes), never on the caller's object shared by every prompt."""
+    params = greedy_params("sql", MAX_TOKENS)
+    before = dict(params.extra_args)
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    assert params.extra_args == before and not params.skip_reading_prefix_cache
+    separate = _generate(llm, [(ids, "sql") for ids in prompt_ids])
+    assert [list(o.outputs[0].token_ids) for o in outs] == [list(o.token_ids) for o in separate]
+
+
 def test_unknown_adapter_fails_alone(llm, prompt_ids):
     from vllm.exceptions import VLLMNotFoundError
 

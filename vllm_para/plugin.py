@@ -79,7 +79,10 @@ def _wrap_process_inputs(original):
 
         pooled = check_request_params(self.vllm_config, params)
         request = original(self, request_id, prompt, params, *args, **kwargs)
-        return admit_request(self.vllm_config, request, pooled)
+        # vLLM's input processor gives the request its own copy of the params (it clones them):
+        # write PARA's keys on that copy instead of cloning again (a deep copy per request).
+        return admit_request(self.vllm_config, request, pooled,
+                             private=request.sampling_params is not params)
 
     return process_inputs
 

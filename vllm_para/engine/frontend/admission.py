@@ -274,10 +274,11 @@ def check_extra_args(state: FrontendState | None, extra: dict) -> int | None:
     return pooled
 
 
-def admit_request(vllm_config, request, pooled: int | None):
+def admit_request(vllm_config, request, pooled: int | None, private: bool = False):
     """Second half of admission, on the built `EngineCoreRequest`: check what
     needs the tokenized prompt and write the internal keys on a private copy of
-    the params. Mutates and returns `request`."""
+    the params (`private`: the request's params already are one, made by vLLM's
+    input processor, so no second deep copy). Mutates and returns `request`."""
     from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
 
     params = getattr(request, "sampling_params", None)
@@ -311,7 +312,8 @@ def admit_request(vllm_config, request, pooled: int | None):
             f"PARA pooling length {pool_len} is outside the prompt (1..{len(tokens)} tokens).",
             parameter=REQUEST_POOL_LEN_KEY,
         )
-    params = params.clone()  # the caller may share one params object across prompts
+    if not private:
+        params = params.clone()  # the caller may share one params object across prompts
     params.extra_args = {
         **extra,
         REQUEST_VERSION_KEY: entry.version,
