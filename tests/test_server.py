@@ -72,6 +72,17 @@ def test_completions_equal_reference(server, reference, tiny_llama):
             assert streamed == out["choices"][0]["text"]
 
 
+def test_generated_tokens_counted_exactly_per_adapter(server):
+    """One streamed and one whole completion add exactly their tokens to their adapter's
+    counter (counted once per request, when it finishes)."""
+    name, labels = "vllm_para:generation_tokens_total", '{adapter="qa"}'
+    before = server.metric(name, labels) or 0.0
+    _complete(server, "qa", PROMPTS[0])
+    _stream_text(server, "/v1/completions", {"model": "qa", "prompt": PROMPTS[1], "max_tokens": MAX_TOKENS,
+                                             "temperature": 0, "ignore_eos": True})
+    assert server.metric(name, labels) == before + 2 * MAX_TOKENS
+
+
 def test_vllm_xargs_selects_adapter(server, tiny_llama):
     by_name = _complete(server, "sql", PROMPTS[0])
     by_xargs = _complete(server, str(tiny_llama), PROMPTS[0], vllm_xargs={"para_adapter": "sql"})

@@ -20,7 +20,7 @@ from vllm_para.engine.frontend.settings import (
     PooledPrefix,
 )
 
-from .metrics import count_request, count_tokens
+from .metrics import count_request, count_tokens, output_tokens
 from .openai_models import requested_adapter
 
 _beam_adapter: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("para_beam", default=None)
@@ -56,7 +56,7 @@ def wrap_beam_search(original):
         try:
             async for output in original(self, prompt, request_id, params, *args, **kwargs):
                 if output.finished:
-                    count_tokens(name, output, cumulative=True)
+                    count_tokens(name, output_tokens(output))  # beam outputs are cumulative
                 yield output
         finally:
             _beam_adapter.reset(token)

@@ -10,7 +10,7 @@ import functools
 from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
 
 from .beam_search import in_beam_search, with_beam_adapter
-from .metrics import BASE_LABEL, count_request, count_tokens
+from .metrics import BASE_LABEL, count_request, count_tokens, output_tokens
 
 
 def _adapter_of(sampling_params, registry) -> str | None:
@@ -38,6 +38,7 @@ def wrap_generate(original):
                 yield output
             return
         state.track_inflight = True  # admission records this request's adapter version until it ends
+        adapter, generated = None, 0
         try:
             if in_beam_search():  # one step of one beam: counted once per request by the beam wrapper
                 async for output in original(self, prompt, with_beam_adapter(sampling_params), request_id,
@@ -50,9 +51,14 @@ def wrap_generate(original):
             cumulative = getattr(sampling_params, "output_kind", None) == RequestOutputKind.CUMULATIVE
             async for output in original(self, prompt, sampling_params, request_id, *args, **kwargs):
                 if adapter is not None:
-                    count_tokens(adapter, output, cumulative)
+                    generated = output_tokens(output) + (0 if cumulative else generated)
+                    if output.finished:  # counted before the last output goes out
+                        count_tokens(adapter, generated)
+                        generated = 0
                 yield output
         finally:
+            if adapter is not None:
+                count_tokens(adapter, generated)  # an aborted request: what it generated
             state.finished(request_id)
 
     return generate
