@@ -58,8 +58,8 @@ def output_tokens(output) -> int:
 
 
 def count_tokens(adapter: str, tokens: int) -> None:
-    """Add a request's generated tokens: once, when it finishes (or is aborted), not per
-    streamed output; a labelled Prometheus increment per token was measurable API-server CPU."""
+    """Add a request's generated tokens: once, when it finishes (or is aborted), not with a
+    labelled Prometheus increment per streamed output, in the API server's per-token loop."""
     if tokens:
         GENERATION_TOKENS.labels(adapter).inc(tokens)
 
