@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import adapters as ad
 from . import engine_metrics as EM
+from . import process_cpu as PC
 from . import protocol as P
 from .locust_runner import LoadSpec, run_locust, summarize
 from .report import write_plots, write_ratios, write_report, write_rounds, write_summary
@@ -323,9 +324,12 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
         for slot in life:
             for c in plan.levels:
                 tag = f"{system}_r{slot.round}_c{c}" if not slot.warmup else f"{system}_w{-slot.round}_c{c}"
-                before = EM.scrape(srv.url)
+                before, cpu_before = EM.scrape(srv.url), PC.snapshot(srv.proc.pid)
                 rec = run_locust(srv.url, plan.load(c, setup.models, slot.round), run_dir / "locust" / tag)
+                cpu_after = PC.snapshot(srv.proc.pid)
                 metrics = {**summarize(rec, plan.max_tokens), **EM.phase_metrics(before, EM.scrape(srv.url))}
+                tokens = (metrics.get("output_tokens_per_s") or 0.0) * (metrics.get("wall_s") or 0.0)
+                metrics.update(PC.phase_cpu(cpu_before, cpu_after, tokens))
                 m = P.Measurement(slot.round, system, c, metrics, warmup=slot.warmup, slot=slot.index,
                                   fresh=slot.fresh)
                 row = m.metrics

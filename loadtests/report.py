@@ -12,9 +12,10 @@ from pathlib import Path
 
 from . import protocol as P
 from .engine_metrics import METRICS as ENGINE_METRICS
+from .process_cpu import METRICS as CPU_METRICS
 
 METRICS = ["output_tokens_per_s", "requests_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50",
-           "latency_p50", "wall_s", *ENGINE_METRICS]
+           "latency_p50", "wall_s", *ENGINE_METRICS, *CPU_METRICS]
 ROUND_FIELDS = ["slot", "round", "warmup", "fresh", "system", "concurrency", "requests", "failures", *METRICS]
 SUMMARY_FIELDS = ["system", "concurrency", "rounds", "requests_per_round", "failures"] + [
     f"{m}_{s}" for m in METRICS for s in ("median", "min", "max")]
@@ -28,6 +29,7 @@ RATIOS = [
     ("PARA/base TPOT p50", "para", "base", "tpot_p50"),
     ("PARA/base engine TPOT (mean)", "para", "base", "engine_tpot_ms"),
     ("PARA/base engine prefill (mean)", "para", "base", "engine_prefill_ms"),
+    ("PARA/base API-server CPU per token", "para", "base", "cpu_api_ms_per_tok"),
     ("PARA/LoRA-matched output tok/s", "para", "lora-matched", "output_tokens_per_s"),
     ("PARA/LoRA-16 output tok/s", "para", "lora16", "output_tokens_per_s"),
 ]
@@ -140,6 +142,16 @@ def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | N
             key = (row["system"], row["concurrency"])
             lines.append(f"| {row['system']} | {row['concurrency']} | "
                          + " | ".join(_cell(sp[m].get(key), 2) for m in ENGINE_METRICS) + " |")
+
+    if any(sp[m] for m in CPU_METRICS):
+        lines += ["", "CPU time per generated token (ms, user + system, from /proc, read before and after each "
+                  "phase): the API server, vLLM's engine-core process (it busy-polls) and the model worker "
+                  "share this machine's cores with the load generator.", "",
+                  "| system | concurrency | API server | engine core | worker |", "|---|---|---|---|---|"]
+        for row in summary_rows(ms):
+            key = (row["system"], row["concurrency"])
+            lines.append(f"| {row['system']} | {row['concurrency']} | "
+                         + " | ".join(_cell(sp[m].get(key), 3) for m in CPU_METRICS) + " |")
 
     lines += ["", "## Ratios (median [min-max] of the per-round ratios)", "",
               "Each ratio is computed within a round (the two measurements closest in time), then summarized "

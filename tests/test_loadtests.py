@@ -114,8 +114,9 @@ def test_small_mode_end_to_end(tmp_path):
     assert len(warmups) == len(servers) * len(LEVELS)  # every fresh server warmed up at every level
     for r in rounds:
         assert int(r["failures"]) == 0 and float(r["output_tokens_per_s"]) > 0, r
-    for r in measured:  # vLLM's own histograms, scraped around each phase
+    for r in measured:  # vLLM's own histograms, scraped around each phase; CPU of the server's processes
         assert float(r["engine_tpot_ms"]) > 0 and float(r["engine_prefill_ms"]) > 0, r
+        assert float(r["cpu_api_ms_per_tok"]) > 0 and float(r["cpu_worker_ms_per_tok"]) > 0, r
     for system in SYSTEMS:
         for c in LEVELS:  # locust ran and wrote its CSVs with our request types in them
             for rd in range(ROUNDS):
@@ -140,8 +141,10 @@ def test_small_mode_end_to_end(tmp_path):
         assert row["per_round"].count("=") == ROUNDS
         assert ("PARA/base TTFT p50", c) in ratios
         assert ("PARA/base engine TPOT (mean)", c) in ratios
+        assert ("PARA/base API-server CPU per token", c) in ratios
 
     report = (run / "report.md").read_text()
+    assert "| system | concurrency | API server | engine core | worker |" in report
     assert "measured rounds, warm-up excluded | **PASS** | 3 measured round(s)" in report
     assert "zero failed requests (warm-up included) | **PASS**" in report
     assert "PARA/base output tok/s >= 0.97 at every level" in report
@@ -360,3 +363,33 @@ def test_engine_metrics_from_two_scrapes():
     assert EM.phase_metrics(after, after) == {"engine_queue_ms": None, "engine_prefill_ms": None,
                                               "engine_tpot_ms": None}
     assert EM.scrape("http://127.0.0.1:9") == {}  # nothing listening: no numbers, no exception
+
+
+def test_process_cpu_by_role_per_token():
+    """CPU seconds per role between two readings of a process tree, per generated token."""
+    import os
+    import subprocess
+    import sys
+
+    from loadtests import process_cpu as PC
+
+    assert PC.role_of("vllm", True) == "api"
+    assert PC.role_of("VLLM::EngineCore_DP0", False) == "engine_core"
+    assert PC.role_of("VLLM::Worker_TP0", False) == "worker"
+    before = {10: ("api", 1.0), 11: ("engine_core", 5.0), 12: ("worker", 7.0)}
+    after = {10: ("api", 1.2), 11: ("engine_core", 6.0), 12: ("worker", 9.0), 13: ("worker", 0.5)}  # 13: new
+    got = PC.phase_cpu(before, after, tokens=1000)
+    assert got == pytest.approx({"cpu_api_ms_per_tok": 0.2, "cpu_engine_core_ms_per_tok": 1.0,
+                                 "cpu_worker_ms_per_tok": 2.5})
+    assert PC.phase_cpu(before, after, tokens=0) == dict.fromkeys(PC.METRICS)
+    assert PC.phase_cpu({}, after, tokens=10) == dict.fromkeys(PC.METRICS)
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:  # a real tree: this process (the root) and its child
+        snap = PC.snapshot(os.getpid())
+        assert snap[os.getpid()][0] == "api" and snap[child.pid][0] == "worker"
+        assert all(seconds >= 0 for _, seconds in snap.values())
+    finally:
+        child.kill()
+        child.wait()
+    assert PC.snapshot(None) == {} and PC.snapshot(2 ** 22 + 12345) == {}  # no such process: empty, no exception
