@@ -109,6 +109,19 @@ def _cell(s: P.Spread | None, digits: int = 1) -> str:
     return "-" if s is None else s.fmt(digits)
 
 
+def _side_table(ms: list[P.Measurement], sp: dict, metrics, digits: int, intro: str, headers) -> list[str]:
+    """A per-(system, level) table of `metrics` (medians [min-max]); nothing if none was measured."""
+    if not any(sp[m] for m in metrics):
+        return []
+    lines = ["", intro, "", "| system | concurrency | " + " | ".join(headers) + " |",
+             "|---|---|" + "---|" * len(headers)]
+    for row in summary_rows(ms):
+        key = (row["system"], row["concurrency"])
+        lines.append(f"| {row['system']} | {row['concurrency']} | "
+                     + " | ".join(_cell(sp[m].get(key), digits) for m in metrics) + " |")
+    return lines
+
+
 def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | None = None) -> None:
     title = meta.get("title") or f"Load test: PARA vs vLLM multi-LoRA vs base ({meta['mode']} mode, ABBA protocol)"
     lines = [f"# {title}", ""]
@@ -133,25 +146,15 @@ def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | N
                                                   "itl_p99", "tpot_p50")]
         lines.append(f"| {row['system']} | {row['concurrency']} | {row['rounds']} | {row['failures']} | "
                      + " | ".join(cells) + " |")
-    if any(sp[m] for m in ENGINE_METRICS):
-        lines += ["", "Engine side (vLLM's request histograms, means per phase, ms): what the engine core "
-                  "stamped, without the API server, HTTP and the client.", "",
-                  "| system | concurrency | queue | prefill | TPOT (decode time per token after the first) |",
-                  "|---|---|---|---|---|"]
-        for row in summary_rows(ms):
-            key = (row["system"], row["concurrency"])
-            lines.append(f"| {row['system']} | {row['concurrency']} | "
-                         + " | ".join(_cell(sp[m].get(key), 2) for m in ENGINE_METRICS) + " |")
-
-    if any(sp[m] for m in CPU_METRICS):
-        lines += ["", "CPU time per generated token (ms, user + system, from /proc, read before and after each "
-                  "phase): the API server, vLLM's engine-core process (it busy-polls) and the model worker "
-                  "share this machine's cores with the load generator.", "",
-                  "| system | concurrency | API server | engine core | worker |", "|---|---|---|---|---|"]
-        for row in summary_rows(ms):
-            key = (row["system"], row["concurrency"])
-            lines.append(f"| {row['system']} | {row['concurrency']} | "
-                         + " | ".join(_cell(sp[m].get(key), 3) for m in CPU_METRICS) + " |")
+    lines += _side_table(ms, sp, ENGINE_METRICS, 2,
+                         "Engine side (vLLM's request histograms, means per phase, ms): what the engine core "
+                         "stamped, without the API server, HTTP and the client.",
+                         ("queue", "prefill", "TPOT (decode time per token after the first)"))
+    lines += _side_table(ms, sp, CPU_METRICS, 3,
+                         "CPU time per generated token (ms, user + system, from /proc, read before and after each "
+                         "phase): the API server, vLLM's engine-core process (it busy-polls) and the model worker "
+                         "share this machine's cores with the load generator.",
+                         ("API server", "engine core", "worker"))
 
     lines += ["", "## Ratios (median [min-max] of the per-round ratios)", "",
               "Each ratio is computed within a round (the two measurements closest in time), then summarized "
