@@ -1,0 +1,124 @@
+"""What a PARA prompt costs the engine at prefill, in milliseconds, measured in pairs in ONE engine.
+
+    .venv/bin/python benchmarks/prefill_overhead.py --dtype bfloat16 --batch 1 --rounds 60
+
+One in-process PARA engine (VLLM_ENABLE_V1_MULTIPROCESSING=0) on the load test's full model.
+Each round runs two prefill passes (B new prompts, max_tokens=1) back to back in ABBA order:
+one whose requests name adapters (B distinct adapters) and one whose requests name none. Both
+go through the same wrapped, compiled model (requests without an adapter read page 0), so the
+per-round difference is exactly the work a PARA prompt adds: the step plan on the host
+(`PARARuntime.plan_step`), the VG op at every layer (`vllm_para::compute_vectors`) and its
+page bookkeeping. That is the fixed per-request cost which, at high concurrency, is amortized
+over the fewest engine milliseconds per request (see the README's performance section).
+
+With --profile, it also prints torch.profiler's op table for 40 passes with adapters: the
+eager calls under `vllm_para::compute_vectors` and what each costs inside a real forward.
+Writes report.md and result.json to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)
+from loadtests import protocol as P  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--batch", type=int, default=1, help="prompts per prefill pass (distinct adapters)")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--adapters", type=int, default=8)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    from vllm import LLM, SamplingParams
+
+    from loadtests import adapters as ad
+    from loadtests.compare import MODES
+
+    work = Path(tempfile.mkdtemp(prefix="prefill_overhead_"))
+    spec = MODES["full"].model
+    base = ad.build_base(spec, work / "base")
+    adapters = ad.build_para_adapters(base, work / "para", args.adapters)
+    names = list(adapters)
+    llm = LLM(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
+              gpu_memory_utilization=0.2,
+              additional_config={"para": {"modules": adapters, "max_adapters": args.adapters}})
+
+    def timed(with_adapter: bool, seed: int) -> float:
+        params = [SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True,
+                                 extra_args={"para_adapter": names[(seed + i) % len(names)]} if with_adapter else None)
+                  for i in range(args.batch)]
+        start = time.perf_counter()
+        llm.generate(prompts(args.batch, args.prompt_len, seed), params, use_tqdm=False)
+        return time.perf_counter() - start
+
+    systems = ["adapter", "none"]
+    for k in range(5):  # warm-up (excluded): every adapter's slot filled, both paths run
+        for s in systems:
+            timed(s == "adapter", 10 + 7 * k)
+    rows = []
+    for r in range(args.rounds):
+        for s in P.round_order(systems, r):
+            rows.append({"round": r, "system": s, "prefill_s": timed(s == "adapter", 1000 * (r + 10) + (s == "none"))})
+    by = {(x["round"], x["system"]): x["prefill_s"] for x in rows}
+    diff_ms = P.spread(1000 * (by[(r, "adapter")] - by[(r, "none")]) for r in range(args.rounds))
+    ratio = P.spread(by[(r, "adapter")] / by[(r, "none")] for r in range(args.rounds))
+    per = {s: P.spread(1000 * x["prefill_s"] for x in rows if x["system"] == s) for s in systems}
+    lines = [f"# PARA's per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) per pass)", ""]
+    if args.label:
+        lines += [f"> {args.label}", ""]
+    lines += [
+        f"- model: the load test's full model (hidden {spec.hidden_size}, {spec.num_hidden_layers} layers), compiled; "
+        f"{args.adapters} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
+        f"- {args.rounds} rounds, ABBA, each: a prefill pass (max_tokens=1) with adapters and one without, "
+        "in the same PARA engine; warm-up excluded",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", "",
+        "| | median | min-max |", "|---|---|---|",
+        f"| prefill pass, requests without adapter (ms) | {per['none'].median:.2f} | "
+        f"{per['none'].lo:.2f}-{per['none'].hi:.2f} |",
+        f"| prefill pass, requests with adapters (ms) | {per['adapter'].median:.2f} | "
+        f"{per['adapter'].lo:.2f}-{per['adapter'].hi:.2f} |",
+        f"| difference per pass, per round (ms) | {diff_ms.median:.3f} | {diff_ms.lo:.3f}-{diff_ms.hi:.3f} |",
+        f"| difference per prompt (ms) | {diff_ms.median / args.batch:.3f} | |",
+        f"| with / without, per round | {ratio.median:.3f} | {ratio.lo:.3f}-{ratio.hi:.3f} |",
+    ]
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for r in range(40):
+                timed(True, 900000 + r)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        lines += ["", "torch.profiler, 40 passes with adapters (self CPU; profiler overhead included):", "",
+                  "```", table, "```"]
+    print("\n".join(lines))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        doc = {"config": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+               "diff_ms": {"median": diff_ms.median, "min": diff_ms.lo, "max": diff_ms.hi},
+               "ratio": {"median": ratio.median, "min": ratio.lo, "max": ratio.hi}}
+        (args.out / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
