@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--eager", action="store_true")
+    p.add_argument("--para-first", action="store_true",
+                   help="build the PARA engine before the plain one (the default builds plain first); an "
+                        "engine's own placement in memory can bias an in-process pair, and this flips it")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
@@ -60,9 +63,11 @@ def main(argv=None) -> int:
     names = list(adapters)
     common = dict(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
                   enforce_eager=args.eager, gpu_memory_utilization=0.2)
-    engines = {"plain": LLM(**common),
-               "para": LLM(**common, additional_config={"para": {"modules": adapters,
-                                                                 "max_adapters": args.adapters}})}
+    builders = {"plain": lambda: LLM(**common),
+                "para": lambda: LLM(**common, additional_config={"para": {"modules": adapters,
+                                                                          "max_adapters": args.adapters}})}
+    built = {name: builders[name]() for name in (("para", "plain") if args.para_first else ("plain", "para"))}
+    engines = {"plain": built["plain"], "para": built["para"]}  # ABBA order below: plain first in round 0
 
     def timed(system: str, seed: int, max_tokens: int) -> float:
         batch = prompts(args.batch, args.prompt_len, seed)
@@ -101,7 +106,8 @@ def main(argv=None) -> int:
            "decode_pass_ratio": {"median": decode.median, "min": decode.lo, "max": decode.hi}}
     lines = [f"# Decode step, PARA vs plain, interleaved in one process ({args.dtype}, batch {args.batch})", "",
              f"- model: the load test's full model (hidden {spec.hidden_size}, {spec.num_hidden_layers} layers), "
-             f"{args.adapters} PARA adapters round-robin, {'eager' if args.eager else 'compiled'}",
+             f"{args.adapters} PARA adapters round-robin, {'eager' if args.eager else 'compiled'}; engines built "
+             f"{'PARA first' if args.para_first else 'plain first'}",
              f"- {args.rounds} rounds, ABBA order, each: decode pass ({args.batch} x {args.prompt_len} -> "
              f"{args.tokens} tokens) and prefill pass (max_tokens=1) per engine; warm-up excluded",
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", "",

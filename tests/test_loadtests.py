@@ -393,3 +393,39 @@ def test_process_cpu_by_role_per_token():
         child.kill()
         child.wait()
     assert PC.snapshot(None) == {} and PC.snapshot(2 ** 22 + 12345) == {}  # no such process: empty, no exception
+
+
+def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path):
+    """Real committed reports: a run pooled with itself keeps its median and doubles its rounds;
+    runs of two dtypes (or other request counts) are refused; hand-made runs pool exactly."""
+    from loadtests import pool_runs
+
+    results = Path(__file__).resolve().parents[1] / "loadtests" / "results"
+    f32 = pool_runs.read_run(results / "abba-full-float32-long-4r-20261130")
+    bf16 = pool_runs.read_run(results / "abba-full-bfloat16-long-4r-20261130")
+    assert f32.settings["dtype"] == "float32" and f32.settings["mode"] == "full"
+    rows = {(r["ratio"], r["concurrency"]): r for r in pool_runs.pool([f32, f32])}
+    tok4 = rows[("PARA/base output tok/s", 4)]
+    assert tok4["rounds"] == 8 and abs(tok4["median"] - 0.964) < 5e-4 and tok4["per_run"][0] == tok4["per_run"][1]
+    with pytest.raises(pool_runs.IncompatibleRuns, match="dtype"):
+        pool_runs.pool([f32, bf16])
+
+    def fake(name, tok_ratios, requests=8):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "report.md").write_text("# Load test (small mode, ABBA protocol)\n- flags: `--dtype float32`\n## Systems\n")
+        with (run / "rounds.csv").open("w") as f:
+            f.write("slot,round,warmup,system,concurrency,requests\n")
+            for i, system in enumerate(("base", "para")):
+                f.write(f"{i},0,0,{system},4,{requests}\n")
+        per_round = ";".join(f"r{i}={v}" for i, v in enumerate(tok_ratios))
+        (run / "ratios.csv").write_text(f"ratio,concurrency,median,min,max,per_round\nPARA/base output tok/s,4,0,0,0,{per_round}\n")
+        return pool_runs.read_run(run)
+
+    a, b = fake("a", [0.90, 1.00, 0.95]), fake("b", [0.99, 0.97, 1.04])
+    (row,) = pool_runs.pool([a, b])
+    assert row["rounds"] == 6 and row["median"] == statistics.median([0.90, 1.00, 0.95, 0.99, 0.97, 1.04])
+    assert (row["min"], row["max"]) == (0.90, 1.04) and row["per_run"] == [0.95, 0.99]
+    with pytest.raises(pool_runs.IncompatibleRuns, match="requests per level"):
+        pool_runs.pool([a, fake("c", [1.0], requests=16)])
+    assert "| PARA/base output tok/s | 4 | **0.980**" in pool_runs.markdown([a, b], [row])
