@@ -23,43 +23,30 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.in_process import add_common_args, build_full_model  # noqa: E402  (first: sets vLLM's env)
 from benchmarks.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)
 from loadtests import protocol as P  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--prompt-len", type=int, default=64)
+    add_common_args(p, batch=16, rounds=40)
     p.add_argument("--tokens", type=int, default=96)
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--eager", action="store_true")
     p.add_argument("--para-first", action="store_true",
                    help="build the PARA engine before the plain one (the default builds plain first); an "
                         "engine's own placement in memory can bias an in-process pair, and this flips it")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    from loadtests import adapters as ad
-    from loadtests.compare import MODES
-
-    work = Path(tempfile.mkdtemp(prefix="interleaved_step_"))
-    spec = MODES["full"].model
-    base = ad.build_base(spec, work / "base")
-    adapters = ad.build_para_adapters(base, work / "para", args.adapters)
+    spec, base, adapters = build_full_model("interleaved_step_", args.adapters)
     names = list(adapters)
     common = dict(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
                   enforce_eager=args.eager, gpu_memory_utilization=0.2)

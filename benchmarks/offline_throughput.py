@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtests import protocol as P  # noqa: E402  (pure Python: no vLLM import)
+from loadtests.report import report_head  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
@@ -168,10 +169,7 @@ def write_results(ms: list[P.Measurement], args, slots, lives_log) -> dict:
         "targets": [{"target": v.target, "verdict": v.verdict, "detail": v.detail} for v in verdicts],
     }
     (args.out / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"# Offline throughput, ABBA protocol ({args.dtype})", ""]
-    if args.label:
-        lines += [f"> {args.label}", ""]
-    lines += [
+    lines = report_head(f"Offline throughput, ABBA protocol ({args.dtype})", args.label) + [
         f"- model: Llama-shaped, random weights, hidden {args.hidden}, intermediate {args.intermediate}, "
         f"{args.layers} layers, {args.heads} heads / {args.kv_heads} KV heads (head_dim 64), dtype {args.dtype}",
         f"- batch: {args.prompts} prompts x {args.prompt_len} tokens -> {args.output_len} output tokens "

@@ -23,40 +23,28 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.in_process import add_common_args, build_full_model  # noqa: E402  (first: sets vLLM's env)
 from benchmarks.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)
 from loadtests import protocol as P  # noqa: E402
+from loadtests.report import report_head  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
-    p.add_argument("--batch", type=int, default=1, help="prompts per prefill pass (distinct adapters)")
-    p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=60)
-    p.add_argument("--adapters", type=int, default=8)
+    add_common_args(p, batch=1, rounds=60)  # --batch: prompts per prefill pass, distinct adapters
     p.add_argument("--profile", action="store_true")
     p.add_argument("--label", default="")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    from loadtests import adapters as ad
-    from loadtests.compare import MODES
-
-    work = Path(tempfile.mkdtemp(prefix="prefill_overhead_"))
-    spec = MODES["full"].model
-    base = ad.build_base(spec, work / "base")
-    adapters = ad.build_para_adapters(base, work / "para", args.adapters)
+    spec, base, adapters = build_full_model("prefill_overhead_", args.adapters)
     names = list(adapters)
     llm = LLM(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
               gpu_memory_utilization=0.2,
@@ -82,10 +70,8 @@ def main(argv=None) -> int:
     diff_ms = P.spread(1000 * (by[(r, "adapter")] - by[(r, "none")]) for r in range(args.rounds))
     ratio = P.spread(by[(r, "adapter")] / by[(r, "none")] for r in range(args.rounds))
     per = {s: P.spread(1000 * x["prefill_s"] for x in rows if x["system"] == s) for s in systems}
-    lines = [f"# PARA's per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) per pass)", ""]
-    if args.label:
-        lines += [f"> {args.label}", ""]
-    lines += [
+    lines = report_head(f"PARA's per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) per pass)",
+                        args.label) + [
         f"- model: the load test's full model (hidden {spec.hidden_size}, {spec.num_hidden_layers} layers), compiled; "
         f"{args.adapters} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
         f"- {args.rounds} rounds, ABBA, each: a prefill pass (max_tokens=1) with adapters and one without, "

@@ -122,11 +122,14 @@ def _side_table(ms: list[P.Measurement], sp: dict, metrics, digits: int, intro: 
     return lines
 
 
+def report_head(title: str, label: str | None = None) -> list[str]:
+    """A report's first lines: its title, and the run's label quoted under it when there is one."""
+    return [f"# {title}", ""] + ([f"> {label}", ""] if label else [])
+
+
 def write_report(ms: list[P.Measurement], meta: dict, path: Path, notes: str | None = None) -> None:
     title = meta.get("title") or f"Load test: PARA vs vLLM multi-LoRA vs base ({meta['mode']} mode, ABBA protocol)"
-    lines = [f"# {title}", ""]
-    if meta.get("banner"):
-        lines += [f"> {meta['banner']}", ""]
+    lines = report_head(title, meta.get("banner"))
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("mode", "systems", "title", "banner")]
     lines += ["", "## Systems", "", "| system | adapters | trainable params / adapter | server flags | "
               "start-up s (median of fresh starts) |", "|---|---|---|---|---|"]
