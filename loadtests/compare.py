@@ -23,6 +23,7 @@ import argparse
 import csv
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -164,6 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where the base model and adapters are built (default: a temporary folder)")
     p.add_argument("--run-time", type=int, default=900, help="safety limit (s) of each Locust run")
     p.add_argument("--startup-timeout", type=int, default=900, help="seconds to wait for a server's /health")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for every server (repeatable; recorded in the report), e.g. "
+                        "THP_MEM_ALLOC_ENABLE=1: PyTorch puts allocations >= 2 MiB (weights, KV cache) on "
+                        "transparent huge pages")
     p.add_argument("--enforce-eager", action="store_true",
                    help="every server without torch.compile (faster start-up; for protocol checks, not speed claims)")
     args = p.parse_args(argv)
@@ -171,9 +176,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     valid = FLEET_SYSTEMS if fleet else SYSTEMS
     args.mode = args.mode or ("full" if fleet else "small")
     args.systems = [s for s in (args.systems or ",".join(valid)).split(",") if s]
+    for item in args.server_env:
+        name, sep, _ = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            p.error(f"--server-env {item!r}: expected NAME=VALUE, e.g. THP_MEM_ALLOC_ENABLE=1")
     unknown = set(args.systems) - set(valid)
     if unknown or not args.systems:
         p.error(f"--systems: unknown {sorted(unknown)}; choose from {','.join(valid)}")
+    if fleet and args.server_env:
+        p.error("--server-env is not supported with --scenario fleet (its systems set their own environment)")
     if fleet and args.fleet_adapters < 1:
         p.error("--fleet-adapters must be >= 1")
     return args
@@ -204,6 +215,7 @@ class Plan:
     reuse: bool = True
     enforce_eager: bool = False
     requests_per_user: int | None = None
+    server_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Plan":
@@ -215,7 +227,12 @@ class Plan:
                    args.seed, args.run_time,
                    args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
                    args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent",
-                   getattr(args, "enforce_eager", False), getattr(args, "requests_per_user", None))
+                   getattr(args, "enforce_eager", False), getattr(args, "requests_per_user", None),
+                   tuple(tuple(item.split("=", 1)) for item in getattr(args, "server_env", ())))
+
+    def env_string(self) -> str:
+        """Every server's environment beyond the inherited one, as the report states it."""
+        return ", ".join(["VLLM_CPU_KVCACHE_SPACE=1", *(f"{k}={v}" for k, v in self.server_env)])
 
     def requests_at(self, concurrency: int) -> int:
         """Measured requests of one phase at `concurrency`."""
@@ -247,7 +264,7 @@ class Plan:
             "concurrency levels": list(self.levels),
             "seed": self.seed,
             "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype, self.enforce_eager))}`, "
-                                          "VLLM_CPU_KVCACHE_SPACE=1",
+                                          + self.env_string(),
             "protocol": f"ABBA, {self.rounds} measured round(s)"
                         + (f" after {self.warmup_rounds} warm-up round(s)" if self.warmup_rounds else "")
                         + ", one server at a time; every fresh server gets one request per model and "
@@ -307,20 +324,13 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
              "rounds": " ".join(str(s.round) for s in life), "start_s": round(time.monotonic() - t0, 3)}
     _log(f"[{system}] server {index}: starting vllm serve for slot(s) {entry['slots']} (round(s) {entry['rounds']})")
     srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype, plan.enforce_eager) + setup.flags,
-                     run_dir / "logs" / f"{system}_server{index}.log", startup_timeout=plan.startup_timeout_s)
+                     run_dir / "logs" / f"{system}_server{index}.log", env=dict(plan.server_env),
+                     startup_timeout=plan.startup_timeout_s)
     try:
         srv.start()
         entry["healthy_s"], entry["startup_s"] = round(time.monotonic() - t0, 3), round(srv.startup_s, 1)
         _log(f"[{system}] healthy after {srv.startup_s:.0f}s at {srv.url}; warming up")
-        srv.warm_up(list(setup.models))
-        first = life[0]
-        for c in plan.levels:  # warm-up load: recorded with warmup=True, never summarized
-            n = plan.warmup_requests if plan.warmup_requests is not None else max(2, c)
-            if n:
-                spec = plan.load(c, setup.models, first.round, warmup=True, requests=n)
-                rec = run_locust(srv.url, spec, run_dir / "locust" / f"{system}_s{first.index}_warmup_c{c}")
-                out.append(P.Measurement(first.round, system, c, summarize(rec, plan.max_tokens), warmup=True,
-                                         slot=first.index, fresh=True))
+        out += warm_up(srv, plan, setup, system, life[0], run_dir)
         for slot in life:
             for c in plan.levels:
                 tag = f"{system}_r{slot.round}_c{c}" if not slot.warmup else f"{system}_w{-slot.round}_c{c}"
@@ -341,6 +351,22 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
         srv.stop()
         entry["stop_s"] = round(time.monotonic() - t0, 3)
         timeline.append(entry)
+    return out
+
+
+def warm_up(srv: VLLMServer, plan: Plan, setup: "SystemSetup", system: str, first: P.Slot,
+            run_dir: Path) -> list[P.Measurement]:
+    """A fresh server's unmeasured start: one request per model, then a short load at every level
+    (returned with warmup=True: recorded, never summarized)."""
+    srv.warm_up(list(setup.models))
+    out = []
+    for c in plan.levels:
+        n = plan.warmup_requests if plan.warmup_requests is not None else max(2, c)
+        if n:
+            spec = plan.load(c, setup.models, first.round, warmup=True, requests=n)
+            rec = run_locust(srv.url, spec, run_dir / "locust" / f"{system}_s{first.index}_warmup_c{c}")
+            out.append(P.Measurement(first.round, system, c, summarize(rec, plan.max_tokens), warmup=True,
+                                     slot=first.index, fresh=True))
     return out
 
 

@@ -6,7 +6,7 @@ A run's `ratios.csv` keeps every per-round ratio (PARA/base output tok/s, TTFT p
 timings, ...). Rounds of runs that used the same settings are exchangeable measurements, so the
 pooled median over all their rounds is a better estimate than any one run's median; this states
 the pooled median [min-max] and the number of rounds next to each run's own median. Runs whose
-settings differ (mode, dtype, requests per level, systems, levels; read from each run's
+settings differ (mode, dtype, requests per level, systems, levels, server environment; read from each run's
 `rounds.csv` and report header) are refused: pooling them would mix two experiments.
 
 Which runs to pool should be decided before the runs are seen (the README says which ones were
@@ -43,11 +43,13 @@ def _settings(run: Path) -> dict:
     header = (run / "report.md").read_text().split("## Systems")[0] if (run / "report.md").exists() else ""
     dtype = re.search(r"--dtype (\w+)", header)
     mode = re.search(r"\((\w+) mode", header)
+    env = re.search(r"engine flags \(all systems\): `[^`]*`, (.*)", header)  # the servers' environment
     return {
         "systems": sorted({r["system"] for r in rows}),
         "requests per level": requests,
         "dtype": dtype.group(1) if dtype else None,
         "mode": mode.group(1) if mode else None,
+        "server environment": env.group(1).strip() if env else None,
     }
 
 

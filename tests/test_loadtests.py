@@ -82,6 +82,22 @@ def test_requests_per_user_lengthens_high_concurrency_phases():
     assert plan.meta([])["requests per concurrency level"] == "c=1: 48, c=4: 128, c=16: 512"
 
 
+def test_server_env_reaches_every_server_and_the_report():
+    from loadtests.compare import Plan, parse_args
+
+    plan = Plan.from_args(parse_args(["--mode", "full", "--server-env", "THP_MEM_ALLOC_ENABLE=1",
+                                      "--server-env", "OMP_WAIT_POLICY=passive"]))
+    assert dict(plan.server_env) == {"THP_MEM_ALLOC_ENABLE": "1", "OMP_WAIT_POLICY": "passive"}
+    assert plan.meta([])["engine flags (all systems)"].endswith(
+        "`, VLLM_CPU_KVCACHE_SPACE=1, THP_MEM_ALLOC_ENABLE=1, OMP_WAIT_POLICY=passive")
+    assert Plan.from_args(parse_args(["--mode", "full"])).server_env == ()
+    for bad in ("THP_MEM_ALLOC_ENABLE", "1X=2", "=1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--server-env", bad])
+    with pytest.raises(SystemExit):  # not silently ignored where it is not supported
+        parse_args(["--scenario", "fleet", "--server-env", "THP_MEM_ALLOC_ENABLE=1"])
+
+
 @pytest.mark.server
 def test_small_mode_end_to_end(tmp_path):
     """The ABBA protocol for real: one server at a time, in ABBA order, warm-up excluded,
@@ -410,10 +426,11 @@ def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path)
     with pytest.raises(pool_runs.IncompatibleRuns, match="dtype"):
         pool_runs.pool([f32, bf16])
 
-    def fake(name, tok_ratios, requests=8):
+    def fake(name, tok_ratios, requests=8, env="VLLM_CPU_KVCACHE_SPACE=1"):
         run = tmp_path / name
         run.mkdir()
-        (run / "report.md").write_text("# Load test (small mode, ABBA protocol)\n- flags: `--dtype float32`\n## Systems\n")
+        (run / "report.md").write_text("# Load test (small mode, ABBA protocol)\n"
+                                       f"- engine flags (all systems): `--dtype float32`, {env}\n## Systems\n")
         with (run / "rounds.csv").open("w") as f:
             f.write("slot,round,warmup,system,concurrency,requests\n")
             for i, system in enumerate(("base", "para")):
@@ -428,4 +445,57 @@ def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path)
     assert (row["min"], row["max"]) == (0.90, 1.04) and row["per_run"] == [0.95, 0.99]
     with pytest.raises(pool_runs.IncompatibleRuns, match="requests per level"):
         pool_runs.pool([a, fake("c", [1.0], requests=16)])
+    with pytest.raises(pool_runs.IncompatibleRuns, match="server environment"):
+        pool_runs.pool([a, fake("d", [1.0], env="VLLM_CPU_KVCACHE_SPACE=1, THP_MEM_ALLOC_ENABLE=1")])
+    assert f32.settings["server environment"] == "VLLM_CPU_KVCACHE_SPACE=1"
     assert "| PARA/base output tok/s | 4 | **0.980**" in pool_runs.markdown([a, b], [row])
+
+
+PERF_REPORT = """\
+# Samples: 81K of event 'cpu-clock:ppp'
+# Overhead       Samples  Command          Shared Object
+# ........  ............  ...............  ..........................
+#
+    31.41%         25516  VLLM::Worker     [JIT] tid 6563
+    26.20%         21283  VLLM::EngineCor  libpython3.11.so.1.0
+     6.33%          5145  VLLM::Worker     libpython3.11.so.1.0
+     4.19%          3402  swapper          [kernel.kallsyms]
+     2.44%          1979  VLLM::Worker     _C.abi3.so
+     2.19%          1775  vllm             libpython3.11.so.1.0
+     1.47%          1194  VLLM::Worker     libtorch_cpu.so
+     0.26%           215  VLLM::Worker     libc10.so
+     0.05%            41  VLLM::Worker     chv2p2ofnpukdzbhq7ungvfmkmbzq2etj3axrbubdfrpifkzhojl.main.so
+     0.04%            30  VLLM::Worker     cjmc7eecna2o7zrf3n4oeccku4toc5gw4luj3xxfwm57qpdtum7e.main.so
+     0.50%           400  gloo_tcp_loop    [kernel.kallsyms]
+     0.59%           482  VLLM::Worker     libc.so.6
+"""
+
+
+def test_served_profile_attributes_perf_samples_by_process_and_code():
+    """`perf report --sort comm,dso` text (real lines from a served run) -> samples by process and
+    kind of code -> CPU ms per 1,000 tokens -> per-system medians and the report's tables."""
+    from loadtests import served_profile as SP
+
+    samples = SP.parse_report(PERF_REPORT)
+    assert samples == {
+        ("worker", "oneDNN JIT GEMM"): 25516, ("engine core", "Python interpreter"): 21283,
+        ("worker", "Python interpreter"): 5145, ("idle", "OS kernel"): 3402, ("worker", "vLLM CPU kernels"): 1979,
+        ("API server", "Python interpreter"): 1775, ("worker", "PyTorch runtime"): 1194 + 215,
+        ("worker", "Inductor kernels"): 71, ("other", "OS kernel"): 400, ("worker", "other"): 482,
+    }
+    ms = SP.per_k_tokens({("worker", "other"): 1000}, frequency=1000, tokens=500)
+    assert ms == {("worker", "other"): 2000.0}  # 1 s of CPU over 500 tokens = 2,000 ms per 1,000 tokens
+
+    def row(server, system, code, v):
+        return {"server": server, "system": system, "tok_s": 200.0, "process": "worker", "code": code,
+                "ms_per_1k_tokens": v}
+
+    rows = [row(0, "para", "Python interpreter", 10.0), row(1, "base", "Python interpreter", 9.0),
+            row(2, "base", "Python interpreter", 11.0), row(3, "para", "Python interpreter", 14.0),
+            row(3, "para", "Inductor kernels", 2.0)]  # server 0 has no Inductor samples: it counts as 0
+    med = SP.summarize_servers(rows)
+    assert med["para"][("worker", "Python interpreter")] == 12.0 and med["base"][("worker", "Python interpreter")] == 10.0
+    assert med["para"][("worker", "Inductor kernels")] == 1.0
+    text = SP.markdown({"dtype": "float32", "label": None}, rows)
+    assert "| Python interpreter | 12.0 | 10.0 | +2.0 | 1.200 |" in text
+    assert "| worker | 13 | 10 | +3 | 1.300 |" in text
