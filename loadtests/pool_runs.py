@@ -5,7 +5,9 @@
 A run's `ratios.csv` keeps every per-round ratio (PARA/base output tok/s, TTFT p50, engine
 timings, ...). Rounds of runs that used the same settings are exchangeable measurements, so the
 pooled median over all their rounds is a better estimate than any one run's median; this states
-the pooled median [min-max] and the number of rounds next to each run's own median. Runs whose
+the pooled median [min-max], a distribution-free interval of that median (order statistics of the
+rounds, `protocol.median_interval`, with its exact coverage) and the number of rounds next to each
+run's own median. Runs whose
 settings differ (mode, dtype, requests per level, systems, levels, server environment; read from each run's
 `rounds.csv` and report header) are refused: pooling them would mix two experiments.
 
@@ -22,6 +24,8 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .protocol import median_interval
 
 
 class IncompatibleRuns(ValueError):
@@ -61,9 +65,10 @@ def read_run(run: Path) -> RunRatios:
     return RunRatios(run.name, _settings(run), per_round)
 
 
-def pool(runs: list[RunRatios]) -> list[dict]:
-    """One row per (ratio, concurrency) present in every run: pooled median, min, max, rounds, and
-    each run's own median. Raises IncompatibleRuns if the runs' settings differ."""
+def pool(runs: list[RunRatios], confidence: float = 0.90) -> list[dict]:
+    """One row per (ratio, concurrency) present in every run: pooled median, min, max, the
+    median's `interval` (at least `confidence` where the rounds allow), rounds, and each run's
+    own median. Raises IncompatibleRuns if the runs' settings differ."""
     if not runs:
         raise IncompatibleRuns("no run given")
     first = runs[0]
@@ -80,6 +85,7 @@ def pool(runs: list[RunRatios]) -> list[dict]:
             continue
         out.append({"ratio": ratio, "concurrency": level, "median": statistics.median(values),
                     "min": min(values), "max": max(values), "rounds": len(values),
+                    "interval": median_interval(values, confidence),
                     "per_run": [statistics.median(r.per_round[(ratio, level)]) if r.per_round[(ratio, level)] else None
                                 for r in runs]})
     return out
@@ -87,12 +93,15 @@ def pool(runs: list[RunRatios]) -> list[dict]:
 
 def markdown(runs: list[RunRatios], rows: list[dict]) -> str:
     names = [r.name for r in runs]
-    lines = ["| ratio | c | pooled median [min-max] | rounds | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+    lines = ["| ratio | c | pooled median [min-max] | interval of the median (coverage) | rounds | "
+             + " | ".join(names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
     for row in rows:
         per = " | ".join("" if v is None else f"{v:.3f}" for v in row["per_run"])
+        ci = row["interval"]
         lines.append(f"| {row['ratio']} | {row['concurrency']} | **{row['median']:.3f}** "
-                     f"[{row['min']:.3f}-{row['max']:.3f}] | {row['rounds']} | {per} |")
+                     f"[{row['min']:.3f}-{row['max']:.3f}] | {ci.lo:.3f}-{ci.hi:.3f} ({ci.coverage:.0%}) | "
+                     f"{row['rounds']} | {per} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,10 +109,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories (each with ratios.csv and rounds.csv)")
     p.add_argument("--out", type=Path, default=None, help="write the table here too")
+    p.add_argument("--confidence", type=float, default=0.90,
+                   help="least coverage of the median's interval, where the number of rounds allows (default 0.90)")
     args = p.parse_args(argv)
     try:
         runs = [read_run(r) for r in args.runs]
-        table = markdown(runs, pool(runs))
+        table = markdown(runs, pool(runs, args.confidence))
     except IncompatibleRuns as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

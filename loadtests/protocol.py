@@ -30,6 +30,7 @@ starting, thermal or frequency changes, page cache) land on whichever ran second
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -141,6 +142,45 @@ def spread(values: Iterable[float]) -> Spread | None:
     if not xs:
         return None
     return Spread(statistics.median(xs), min(xs), max(xs), tuple(xs))
+
+
+@dataclass(frozen=True)
+class MedianInterval:
+    """A distribution-free confidence interval of a median: [lo, hi] are order statistics of the
+    values and `coverage` the probability, exact for any continuous distribution, that such an
+    interval contains the true median."""
+
+    lo: float
+    hi: float
+    coverage: float
+
+    def side_of(self, threshold: float) -> str:
+        """'above' / 'below' if the whole interval is on that side of `threshold`, else 'straddles'."""
+        if self.lo >= threshold:
+            return "above"
+        if self.hi < threshold:
+            return "below"
+        return "straddles"
+
+
+def median_interval(values: Iterable[float], confidence: float = 0.90) -> MedianInterval | None:
+    """The narrowest interval [x_(j), x_(n+1-j)] of the sorted values whose coverage of the
+    median is at least `confidence` (each value falls below the median with probability 1/2,
+    so coverage = 1 - 2 P(Binomial(n, 1/2) <= j - 1)). With too few values for `confidence`
+    (4 rounds reach 87.5% at most) it is [min, max] with the coverage those reach. Rounds of the
+    ABBA protocol are exchangeable measurements, which is all this assumes. None if no values."""
+    xs = sorted(float(v) for v in values if v is not None)
+    n = len(xs)
+    if n == 0:
+        return None
+
+    def coverage(j: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(j)) / 2.0 ** n
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= confidence:
+        j += 1
+    return MedianInterval(xs[j - 1], xs[n - j], coverage(j))
 
 
 def measured(ms: Iterable[Measurement]) -> list[Measurement]:

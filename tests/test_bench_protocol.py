@@ -4,6 +4,7 @@ and the GPU decode-step benchmark's math: fast, no vLLM engine, no server."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -142,6 +143,28 @@ def test_rounds_missing_a_system_or_a_value_give_no_ratio():
 
 def _verdicts(ms):
     return {v.target.split(" ")[0] + " " + v.target.split(" ")[1]: v.verdict for v in P.targets(ms)}
+
+
+def test_median_interval_is_order_statistics_with_exact_binomial_coverage():
+    # 8 rounds: [x_(2), x_(7)] covers the median with 1 - 2 * (1 + 8) / 256 = 93.0%; [x_(3), x_(6)] only 71%.
+    ci = P.median_interval([0.99, 0.80, 1.01, 0.95, 0.97, 0.96, 0.94, 0.96])
+    assert (ci.lo, ci.hi) == (0.94, 0.99) and ci.coverage == pytest.approx(1 - 18 / 256)
+    assert ci.side_of(0.97) == "straddles" and ci.side_of(0.90) == "above" and ci.side_of(1.0) == "below"
+    # 4 rounds cannot reach 90%: [min, max] with its 87.5%; asking for less narrows it when n allows.
+    four = P.median_interval([3.0, 1.0, 4.0, 2.0])
+    assert (four.lo, four.hi, four.coverage) == (1.0, 4.0, 0.875)
+    twenty = P.median_interval(range(20), confidence=0.90)
+    assert (twenty.lo, twenty.hi) == (5, 14) and twenty.coverage >= 0.90
+    assert P.median_interval(range(20), confidence=0.80).hi - P.median_interval(range(20), confidence=0.80).lo < 9
+    # The coverage is what it says: over many samples of a skewed distribution, the rate at which
+    # the interval of 8 draws contains the true median matches the stated coverage.
+    import random
+    rng = random.Random(0)
+    median = math.log(2)  # of Exponential(1)
+    hits = sum(P.median_interval([rng.expovariate(1.0) for _ in range(8)]).side_of(median) == "straddles"
+               for _ in range(4000))
+    assert abs(hits / 4000 - ci.coverage) < 0.02
+    assert P.median_interval([]) is None and P.median_interval([None, 2.0]).lo == 2.0
 
 
 def test_targets_are_marked_on_medians_with_thresholds():

@@ -448,7 +448,13 @@ def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path)
     with pytest.raises(pool_runs.IncompatibleRuns, match="server environment"):
         pool_runs.pool([a, fake("d", [1.0], env="VLLM_CPU_KVCACHE_SPACE=1, THP_MEM_ALLOC_ENABLE=1")])
     assert f32.settings["server environment"] == "VLLM_CPU_KVCACHE_SPACE=1"
-    assert "| PARA/base output tok/s | 4 | **0.980**" in pool_runs.markdown([a, b], [row])
+    assert (row["interval"].lo, row["interval"].hi) == (0.90, 1.04)  # 6 rounds: [min, max], 97%
+    assert "| PARA/base output tok/s | 4 | **0.980** [0.900-1.040] | 0.900-1.040 (97%) | 6 |" in pool_runs.markdown([a, b], [row])
+    # The committed float32 runs C and D: 8 rounds, the median's 93% interval [x_(2), x_(7)].
+    d = pool_runs.read_run(results / "abba-full-float32-long-4r-d-20261130")
+    tok = {r["concurrency"]: r for r in pool_runs.pool([f32, d]) if r["ratio"] == "PARA/base output tok/s"}
+    assert tok[4]["interval"].coverage == pytest.approx(0.9297, abs=1e-4)
+    assert tok[4]["interval"].lo < 0.97 < tok[4]["interval"].hi  # the c=4 median, 0.964, is not established below 0.97
 
 
 PERF_REPORT = """\
