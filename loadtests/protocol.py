@@ -245,10 +245,22 @@ def _detail(pairs: list[tuple[int, Spread]], label: str = "c") -> str:
     return ", ".join(f"{label}={lv}: {s.fmt(2, 'x')}" for lv, s in pairs) or "not measured in this run"
 
 
+def _settled(pairs: list[tuple[int, Spread]], threshold: float, label: str = "c") -> str:
+    """' ; not settled at c=..' listing the levels whose median's interval (median_interval over
+    the rounds) contains `threshold`: there the mark is the median's, within the run's noise."""
+    open_ = []
+    for lv, s in pairs:
+        ci = median_interval(s.values)
+        if ci is not None and ci.side_of(threshold) == "straddles":
+            open_.append(f"{label}={lv} ({ci.lo:.2f}-{ci.hi:.2f}, {ci.coverage:.0%})")
+    return ("; not settled (the median's interval contains " + f"{threshold}): " + ", ".join(open_)) if open_ else ""
+
+
 def targets(ms: Sequence[Measurement], para: str = "para", base: str = "base", lora16: str = "lora16",
             tput: str = "output_tokens_per_s", ttft: str = "ttft_p50", level_label: str = "c",
             lora_min_level: int = LORA16_MIN_CONCURRENCY, min_rounds: int = MIN_ROUNDS) -> list[Verdict]:
-    """Pass/fail of each target on the medians of the per-round ratios ([min-max] in the detail)."""
+    """Pass/fail of each target on the medians of the per-round ratios ([min-max] in the detail,
+    and the levels where the median's distribution-free interval contains the threshold)."""
     out = []
     n_rounds = len(rounds_of(ms))
     out.append(Verdict(f"ABBA protocol: >= {min_rounds} measured rounds, warm-up excluded",
@@ -257,13 +269,16 @@ def targets(ms: Sequence[Measurement], para: str = "para", base: str = "base", l
                                                            ": too few rounds, the verdicts below are not valid")))
     t = sorted(ratio_spreads(ms, para, base, tput).items())
     out.append(Verdict(f"PARA/base output tok/s >= {TPUT_MIN_VS_BASE} at every level",
-                       _check(t, lambda x: x >= TPUT_MIN_VS_BASE), _detail(t, level_label)))
+                       _check(t, lambda x: x >= TPUT_MIN_VS_BASE),
+                       _detail(t, level_label) + _settled(t, TPUT_MIN_VS_BASE, level_label)))
     f = sorted(ratio_spreads(ms, para, base, ttft).items())
     out.append(Verdict(f"PARA/base TTFT p50 <= {TTFT_MAX_VS_BASE} at every level",
-                       _check(f, lambda x: x <= TTFT_MAX_VS_BASE), _detail(f, level_label)))
+                       _check(f, lambda x: x <= TTFT_MAX_VS_BASE),
+                       _detail(f, level_label) + _settled(f, TTFT_MAX_VS_BASE, level_label)))
     lo = sorted((lv, s) for lv, s in ratio_spreads(ms, para, lora16, tput).items() if lv >= lora_min_level)
     out.append(Verdict(f"PARA/LoRA-r16 output tok/s >= {LORA16_MIN_SPEEDUP} at {level_label} >= {lora_min_level}",
-                       _check(lo, lambda x: x >= LORA16_MIN_SPEEDUP), _detail(lo, level_label)))
+                       _check(lo, lambda x: x >= LORA16_MIN_SPEEDUP),
+                       _detail(lo, level_label) + _settled(lo, LORA16_MIN_SPEEDUP, level_label)))
     all_ms = [m for m in ms if "failures" in m.metrics]
     if all_ms:
         failed = sum(int(m.metrics["failures"]) for m in all_ms)

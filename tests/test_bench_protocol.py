@@ -180,8 +180,12 @@ def test_targets_are_marked_on_medians_with_thresholds():
     ok = run([97.0, 99.0, 90.0], [10.5, 10.0, 12.0], 38.0)  # medians 0.97x, 1.05x, 2.55x: all pass
     assert [v for _, v, _ in ok] == ["PASS"] * 5
     assert "c=1: 0.97x [0.90-0.99]" in ok[1][2] and "c=4" in ok[3][2] and "c=1" not in ok[3][2]
+    # 3 rounds: the median's interval is [min, max] (75%); 0.90-0.99 contains 0.97, 1.00-1.20 contains 1.05.
+    assert "not settled (the median's interval contains 0.97): c=1 (0.90-0.99, 75%), c=4" in ok[1][2]
+    assert "not settled" in ok[2][2] and "c=4 (2.37-2.61, 75%)" in ok[3][2]
     bad = run([96.0, 99.0, 90.0], [10.6, 10.0, 12.0], 40.0)  # 0.96x, 1.06x, 2.4x
     assert [v for _, v, _ in bad] == ["PASS", "FAIL", "FAIL", "FAIL", "PASS"]
+    assert "not settled" not in bad[3][2]  # LoRA 2.25-2.48x in every round: below 2.5 beyond doubt
     few = run([99.0, 99.0], [10.0, 10.0], 10.0, rounds=2)
     assert few[0][1] == "FAIL" and "too few rounds" in few[0][2]
     only_c1 = run([99.0] * 3, [10.0] * 3, 10.0, levels=(1,))
