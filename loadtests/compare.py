@@ -20,6 +20,7 @@ pass/fail targets, PNG plots, Locust CSVs and server logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import platform
@@ -316,8 +317,10 @@ def main(argv=None) -> Path:
 
 
 def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "SystemSetup", run_dir: Path,
-             timeline: list[dict], t0: float) -> list[P.Measurement]:
-    """Start one server, warm it up (not measured), run the slots that share it, stop it."""
+             timeline: list[dict], t0: float, around_phase=None) -> list[P.Measurement]:
+    """Start one server, warm it up (not measured), run the slots that share it, stop it.
+    `around_phase(slot, level)`, if given, returns a context manager that wraps each measured
+    load phase and nothing else (served_profile.py records `perf` in it)."""
     system = life[0].system
     out: list[P.Measurement] = []
     entry = {"life": index, "system": system, "slots": " ".join(str(s.index) for s in life),
@@ -335,7 +338,8 @@ def run_life(index: int, life: list[P.Slot], plan: Plan, base: Path, setup: "Sys
             for c in plan.levels:
                 tag = f"{system}_r{slot.round}_c{c}" if not slot.warmup else f"{system}_w{-slot.round}_c{c}"
                 before, cpu_before = EM.scrape(srv.url), PC.snapshot(srv.proc.pid)
-                rec = run_locust(srv.url, plan.load(c, setup.models, slot.round), run_dir / "locust" / tag)
+                with around_phase(slot, c) if around_phase else contextlib.nullcontext():
+                    rec = run_locust(srv.url, plan.load(c, setup.models, slot.round), run_dir / "locust" / tag)
                 cpu_after = PC.snapshot(srv.proc.pid)
                 metrics = {**summarize(rec, plan.max_tokens), **EM.phase_metrics(before, EM.scrape(srv.url))}
                 tokens = (metrics.get("output_tokens_per_s") or 0.0) * (metrics.get("wall_s") or 0.0)

@@ -246,14 +246,14 @@ def _detail(pairs: list[tuple[int, Spread]], label: str = "c") -> str:
 
 
 def _settled(pairs: list[tuple[int, Spread]], threshold: float, label: str = "c") -> str:
-    """' ; not settled at c=..' listing the levels whose median's interval (median_interval over
-    the rounds) contains `threshold`: there the mark is the median's, within the run's noise."""
+    """'; not settled (...): c=..' naming the levels whose median's interval (median_interval over
+    the rounds) contains `threshold`, where the mark is the median's, within the run's noise; '' if none."""
     open_ = []
     for lv, s in pairs:
         ci = median_interval(s.values)
         if ci is not None and ci.side_of(threshold) == "straddles":
             open_.append(f"{label}={lv} ({ci.lo:.2f}-{ci.hi:.2f}, {ci.coverage:.0%})")
-    return ("; not settled (the median's interval contains " + f"{threshold}): " + ", ".join(open_)) if open_ else ""
+    return f"; not settled (the median's interval contains {threshold}): {', '.join(open_)}" if open_ else ""
 
 
 def targets(ms: Sequence[Measurement], para: str = "para", base: str = "base", lora16: str = "lora16",

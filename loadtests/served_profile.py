@@ -41,9 +41,7 @@ from pathlib import Path
 from . import adapters as ad
 from . import compare as C
 from . import protocol as P
-from .locust_runner import run_locust, summarize
 from .report import report_head
-from vllm_para.testing.serve_process import VLLMServer
 
 PROCESSES = (("VLLM::Worker", "worker"), ("VLLM::EngineCor", "engine core"), ("vllm", "API server"),
              ("locust", "load generator"), ("swapper", "idle"))
@@ -142,23 +140,19 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     pair = "para" in med and "base" in med
     head = "| process | " + " | ".join(systems) + (" | PARA - base | PARA/base |" if pair else " |")
     lines += ["### By process", "", head, "|---" * (len(systems) + 1 + 2 * pair) + "|"]
-    totals = {s: process_totals(med[s]) for s in systems}
-    for _, process in (*PROCESSES, ("", "other")):
-        vals = [totals[s].get(process, 0.0) for s in systems]
-        row = f"| {process} | " + " | ".join(f"{v:.0f}" for v in vals)
+    def row(label: str, table: dict[str, dict], key, digits: int) -> str:
+        vals = {s: table[s].get(key, 0.0) for s in systems}
+        out = f"| {label} | " + " | ".join(f"{v:.{digits}f}" for v in vals.values())
         if pair:
-            b, p = totals["base"].get(process, 0.0), totals["para"].get(process, 0.0)
-            row += f" | {p - b:+.0f} | " + (f"{p / b:.3f}" if b else "-")
-        lines.append(row + " |")
+            b, p = vals["base"], vals["para"]
+            out += f" | {p - b:+.{digits}f} | " + (f"{p / b:.3f}" if b else "-")
+        return out + " |"
+
+    totals = {s: process_totals(med[s]) for s in systems}
+    lines += [row(process, totals, process, 0) for _, process in (*PROCESSES, ("", "other"))]
     lines += ["", "### The worker, by code", "", head.replace("process", "code"),
               "|---" * (len(systems) + 1 + 2 * pair) + "|"]
-    for code in CODE:
-        vals = [med[s].get(("worker", code), 0.0) for s in systems]
-        row = f"| {code} | " + " | ".join(f"{v:.1f}" for v in vals)
-        if pair:
-            b, p = med["base"].get(("worker", code), 0.0), med["para"].get(("worker", code), 0.0)
-            row += f" | {p - b:+.1f} | " + (f"{p / b:.3f}" if b else "-")
-        lines.append(row + " |")
+    lines += [row(code, med, ("worker", code), 1) for code in CODE]
     lines += ["", "### Per server (worker, ms per 1,000 tokens)", "",
               "| server | system | tok/s | " + " | ".join(CODE) + " | worker total |",
               "|---" * (len(CODE) + 4) + "|"]
@@ -230,9 +224,10 @@ def main(argv=None) -> Path:
     run_dir = args.out_dir / (args.run_id or f"served-profile-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}")
     (run_dir / "perf").mkdir(parents=True, exist_ok=True)
     slots = P.schedule(plan.systems, plan.rounds, reuse=False)
+    profiled, recordings = plan.levels[-1], {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": args.dtype, "model": f"{args.mode} mode",
-            "levels (in order on every server)": list(plan.levels), "profiled level": plan.levels[-1],
-            "requests at the profiled level": plan.requests_at(plan.levels[-1]),
+            "levels (in order on every server)": list(plan.levels), "profiled level": profiled,
+            "requests at the profiled level": plan.requests_at(profiled),
             "engine flags (all systems)": f"`{' '.join(C.engine_flags(plan.seed, plan.dtype))}`, " + plan.env_string(),
             "order": f"`{P.order_string(slots)}` (a fresh server per slot)",
             "perf": f"`perf record -a -F {args.frequency}` over the profiled phase", "label": args.label}
@@ -240,29 +235,24 @@ def main(argv=None) -> Path:
     work = args.work_dir or run_dir / "work"
     base = ad.build_base(plan.model, work / "base")
     setups = {s: C.setup_system(s, base, work, plan.adapters, plan.seed) for s in plan.systems}
-    for slot in slots:
-        system, setup = slot.system, setups[slot.system]
-        srv = VLLMServer(base, C.engine_flags(plan.seed, plan.dtype) + setup.flags,
-                         run_dir / "logs" / f"{slot.index}_{system}.log", env=dict(plan.server_env))
-        try:
-            srv.start()
-            C.warm_up(srv, plan, setup, system, slot, run_dir)
-            for c in plan.levels:
-                profiled = c == plan.levels[-1]
-                data = run_dir / "perf" / f"{slot.index}_{system}_c{c}.data"
-                with perf_recording(data, args.frequency) if profiled else contextlib.nullcontext():
-                    rec = run_locust(srv.url, plan.load(c, setup.models, slot.round),
-                                     run_dir / "locust" / f"{slot.index}_{system}_c{c}")
-                s = summarize(rec, plan.max_tokens)
-                C._log(f"[{system}] slot {slot.index} c={c}: {s['output_tokens_per_s']:.1f} tok/s"
-                       + (" (profiled)" if profiled else ""))
-                if profiled:
-                    ms = attribute(data, args.frequency, s["output_tokens_per_s"] * s["wall_s"])
-                    rows += [{"server": slot.index, "system": system, "tok_s": s["output_tokens_per_s"],
-                              "process": process, "code": code, "ms_per_1k_tokens": v}
-                             for (process, code), v in ms.items()]
-        finally:
-            srv.stop()
+
+    def around_phase(slot: P.Slot, c: int):
+        if c != profiled:
+            return contextlib.nullcontext()
+        recordings[slot.index] = data = run_dir / "perf" / f"{slot.index}_{slot.system}_c{c}.data"
+        return perf_recording(data, args.frequency)
+
+    timeline: list[dict] = []
+    t0 = time.monotonic()
+    for i, life in enumerate(P.lives(slots)):  # the load test's own server lives, one slot each
+        for m in C.run_life(i, life, plan, base, setups[life[0].system], run_dir, timeline, t0, around_phase):
+            if m.warmup or m.level != profiled:
+                continue
+            s = m.metrics
+            ms = attribute(recordings[m.slot], args.frequency, s["output_tokens_per_s"] * s["wall_s"])
+            rows += [{"server": m.slot, "system": m.system, "tok_s": s["output_tokens_per_s"],
+                      "process": process, "code": code, "ms_per_1k_tokens": v}
+                     for (process, code), v in ms.items()]
     with open(run_dir / "profile.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["server", "system", "tok_s", "process", "code", "ms_per_1k_tokens"])
         w.writeheader()
