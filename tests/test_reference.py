@@ -136,7 +136,7 @@ def test_each_target_scales_exactly_its_projection(ref, target):
 
 
 # ------------------------------------------------------------------- pooling
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_skip_first"])
 def test_pooling_uses_exactly_the_prompt_tokens(ref, pooling):
     randomize(ref.add_adapter("a", targets=TARGET_ORDER, pooling=pooling), seed=5)
     g = torch.Generator().manual_seed(6)
@@ -175,6 +175,9 @@ def test_pooling_uses_exactly_the_prompt_tokens(ref, pooling):
     first = changed(1, 0)  # the first prompt token
     if pooling == "mean":
         assert all(first)
+    elif pooling == "mean_skip_first":  # layer 0 pools embeddings of tokens 1.. only
+        assert first == [False] + [True] * (L - 1)
+        assert all(changed(1, 1))  # the second prompt token is pooled at every layer
     else:  # layer 0 sees only the last token's embedding; later layers see the whole prompt
         assert first == [False] + [True] * (L - 1)
 

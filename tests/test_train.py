@@ -357,7 +357,7 @@ def test_cli_chat_eval_checkpoints_and_summary(tiny_llama, tmp_path):
 def test_training_arguments_from_flags(tiny_llama, toy_data, tmp_path):
     base = dict(base_model=str(tiny_llama), data=toy_data, output=tmp_path / "o")
     ta = training_arguments(TrainArgs(**base), has_eval=False)
-    assert (ta.lr_scheduler_type.value, ta.learning_rate, ta.per_device_train_batch_size) == ("cosine", 5e-3, 8)
+    assert (ta.lr_scheduler_type.value, ta.learning_rate, ta.per_device_train_batch_size) == ("cosine", 1e-3, 8)
     assert ta.eval_strategy.value == "no" and ta.save_strategy.value == "steps"
     ta = training_arguments(TrainArgs(**base, bf16=True, gradient_accumulation_steps=4, warmup_ratio=0.1,
                                       eval_steps=5, gradient_checkpointing=True,

@@ -1,4 +1,4 @@
-"""`vllm-para` command line: `vllm-para train ...` (see `vllm-para train --help`)."""
+"""`vllm-para` command line: `vllm-para train ...`, `vllm-para base [NAME]` (see `--help` of each)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "vllm_para.training.train"}
+    commands = {"train": "vllm_para.training.train", "base": "vllm_para.base_model"}
     if not argv or argv[0] not in commands:
-        print(f"usage: vllm-para {{{','.join(commands)}}} [options]   (try: vllm-para train --help)")
+        print(f"usage: vllm-para {{{','.join(commands)}}} [options]   (try: vllm-para train --help, vllm-para base --help)")
         return 2
     import importlib
 

@@ -32,6 +32,13 @@ MAX_NAME_CHARS = 4096
 TARGET_ORDER: tuple[str, ...] = ("q", "k", "v", "g", "u")
 Target = Literal["q", "k", "v", "g", "u"]
 DEFAULT_TARGETS: tuple[str, ...] = ("q", "v", "u")
+# How the VG reads the prompt: its final token, the mean of all its tokens, or the
+# mean leaving out the first token. On real models the first (sink) token's hidden
+# state can be ~100x the others' norm, so it dominates "mean" and makes the pooled
+# vector ill-conditioned (summation order alone moves logprobs ~1e-3 on SmolLM2);
+# "mean_skip_first" is the well-conditioned variant. docs: README "Exactness".
+Pooling = Literal["last", "mean", "mean_skip_first"]
+WHOLE_PROMPT_POOLINGS: frozenset[str] = frozenset({"mean", "mean_skip_first"})
 
 
 class PARAConfigError(ValueError):
@@ -128,7 +135,7 @@ class PARAConfig(ModelShape):
     base_model_name_or_path: str = Field(max_length=MAX_NAME_CHARS)
     r: int = Field(default=12, ge=1, le=MAX_RANK, description="VG bottleneck size")
     targets: tuple[Target, ...] = DEFAULT_TARGETS
-    pooling: Literal["last", "mean"] = "last"
+    pooling: Pooling = "last"
     activation: Literal["gelu"] = "gelu"
 
     @field_validator("num_hidden_layers", "hidden_size", "q_size", "kv_size", "intermediate_size", "r", mode="before")

@@ -41,6 +41,12 @@ def pool_mean(hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return hidden[start:end].float().mean(dim=0)
 
 
+def pool_mean_skip_first(hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Mean of `hidden[start + 1:end]` in float32 (the first token left out); a
+    one-token prompt pools that token. [H]."""
+    return pool_mean(hidden, start + 1 if end - start > 1 else start, end)
+
+
 def pool_prompts(
     hidden: torch.Tensor, starts: list[int], ends: list[int], mode: str
 ) -> torch.Tensor:
@@ -54,7 +60,9 @@ def pool_prompts(
         return pool_last(hidden, idx)
     if mode == "mean":
         return torch.stack([pool_mean(hidden, s, e) for s, e in zip(starts, ends)])
-    raise ValueError(f"unknown pooling {mode!r}; expected 'last' or 'mean'")
+    if mode == "mean_skip_first":
+        return torch.stack([pool_mean_skip_first(hidden, s, e) for s, e in zip(starts, ends)])
+    raise ValueError(f"unknown pooling {mode!r}; expected 'last', 'mean' or 'mean_skip_first'")
 
 
 # ------------------------------------------------------------------------- VG

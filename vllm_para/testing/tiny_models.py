@@ -151,6 +151,7 @@ def build_random_adapter(
     pooling: str = "last",
     seed: int = 0,
     up_std: float = 0.5,
+    down_std: float = 0.2,
 ) -> Path:
     """A PARA adapter for `base_model`: the trainer's init (W_up = 0, b_up = 1)
     plus a seeded random W_up, so its vectors visibly differ from ones."""
@@ -165,7 +166,7 @@ def build_random_adapter(
         base_model_name_or_path=str(base_model), r=r, targets=targets, pooling=pooling, **shape.model_dump()
     )
     gen = torch.Generator().manual_seed(seed)
-    weights = init_vg_weights(config, generator=gen, down_std=0.2)
+    weights = init_vg_weights(config, generator=gen, down_std=down_std)
     weights.up = torch.randn(weights.up.shape, generator=gen) * up_std
     weights.up_bias = weights.up_bias + torch.randn(weights.up_bias.shape, generator=gen) * 0.1
     return PARAAdapter(config, weights).save(directory)

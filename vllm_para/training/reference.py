@@ -160,6 +160,9 @@ class PARAReferenceModel(nn.Module):
         # Vectors of the last forward/generate call: {layer: {target: [B, size]}}
         # (detached; only targets some row's adapter has; ones for the other rows).
         self.last_vectors: dict[int, dict[str, torch.Tensor]] = {}
+        # The pooling function (core.pool_prompts); a perturbation analysis swaps in another,
+        # equally valid float32 one (e.g. another summation order) to measure the conditioning.
+        self.pool_fn = core.pool_prompts
         self._hooks = []
         layers = self._layers()
         if len(layers) != self.shape.num_hidden_layers:
@@ -277,7 +280,7 @@ class PARAReferenceModel(nn.Module):
             vg = self.adapters[name]
             starts = [b * S + state.starts[b] for b in rows]
             ends = [b * S + state.ends[b] for b in rows]
-            pooled = core.pool_prompts(flat, starts, ends, vg.config.pooling)
+            pooled = self.pool_fn(flat, starts, ends, vg.config.pooling)
             l = core.vg_forward(pooled, *vg.layer(layer_idx), out_dtype=hidden.dtype)
             for target, vec in core.split_vectors(l, vg.config.split_sizes()).items():
                 for j, b in enumerate(rows):

