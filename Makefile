@@ -6,7 +6,7 @@ PY := .venv/bin/python
 venv:
 	@bash scripts/ensure_venv.sh
 
-demo: venv  ## pretrained small base (cached; built in ~10 min when missing) -> train PARA adapters -> held-out prompts, reference + vLLM
+demo: venv  ## SmolLM2-135M-Instruct (converted once, ~1 min) -> train 3 PARA adapters (~6 min) -> one vllm serve, base vs adapters on held-out chat prompts
 	$(PY) examples/demo.py
 
 test: venv  ## the test suite CI runs (under 25 minutes on 2 cores; `slow` tests: make test-slow)

@@ -3,7 +3,8 @@
 The passage mentions two or three people; the question names one. The answer is
 `{"name": ..., "town": ..., "job": ..., "pet": ..., "age": ...}` in that key
 order, `null` for a fact the passage does not state, one line. Scored by
-parsing: exact (every key and value right) and the share of right keys.
+parsing: `keys` (the headline: the share of the five fields right) and `exact`
+(every field right).
 """
 
 from __future__ import annotations
@@ -70,4 +71,4 @@ def _templates(split: str) -> set[str]:
     return set(QUESTIONS[split]) | {p for v in FACT_PHRASINGS.values() for p in v[split]}
 
 
-TASK = Task("profile", "a person's facts as JSON of a fixed shape", "exact", 48, _generate, _score, _templates)
+TASK = Task("profile", "a person's facts as JSON of a fixed shape", "keys", 48, _generate, _score, _templates)
