@@ -27,15 +27,15 @@ soak: venv  ## soak one real `vllm serve --enable-para` (not CI): make soak SOAK
 # --- Do adapters help? (vllm_para.tasks): pretrained base, five tasks, adapters evaluated through vLLM
 .PHONY: pretrain eval-small reproduce-quick reproduce test-study
 
-pretrain: venv  ## build (or find) the cached pretrained base model (~/.cache/vllm-para/base-default-*)
+pretrain: venv  ## the synthetic 1.3M-parameter base of --preset quick-synthetic / full-synthetic (~/.cache/vllm-para/base-default-*)
 	$(PY) -m vllm_para.tasks.pretrain
 
-eval-small: venv  ## <= 5 min once the base is cached: PARA per task vs the base model, served by vLLM
+eval-small: venv  ## <= 10 min on the real base (SmolLM2-135M): PARA per task vs the base model, served by vLLM
 	$(PY) -m vllm_para.tasks.study --preset quick --run-id $(or $(RUN_ID),quick-$(shell date +%Y%m%d-%H%M%S))
 
 reproduce-quick: eval-small
 
-test-study: venv  ## the end-to-end study test (not in `make test`): needs `make pretrain` first
+test-study: venv  ## the end-to-end study test (not in `make test`; ~10 min)
 	VLLM_PARA_STUDY_TESTS=1 $(PY) -m pytest -q -rs tests/test_study.py
 
 reproduce: venv  ## the whole study (methods x tasks x seeds, LR grid, ablations): make reproduce STUDY_ARGS="--set seeds=[0]"

@@ -18,19 +18,21 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 def add_common_args(p: argparse.ArgumentParser, batch: int, rounds: int) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--model", default="random", choices=("random", "smollm2-135m"),
+                   help="random: the load test's full-mode random-weight shape; smollm2-135m: the real base")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--out", type=Path, default=None)
 
 
-def build_full_model(prefix: str, num_adapters: int):
+def build_full_model(prefix: str, num_adapters: int, model: str = "random"):
     """The load test's full-mode base model and `num_adapters` PARA adapters, built in a fresh
     temporary folder: (model spec, base path, {name: adapter path})."""
     from loadtests import adapters as ad
     from loadtests.compare import MODES
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    spec = MODES["full"].model
+    spec = ad.real_spec(model) if model != "random" else MODES["full"].model
     base = ad.build_base(spec, work / "base")
     return spec, base, ad.build_para_adapters(base, work / "para", num_adapters)

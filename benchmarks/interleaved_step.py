@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    spec, base, adapters = build_full_model("interleaved_step_", args.adapters)
+    spec, base, adapters = build_full_model("interleaved_step_", args.adapters, args.model)
     names = list(adapters)
     common = dict(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
                   enforce_eager=args.eager, gpu_memory_utilization=0.2)
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
            "prefill_ratio": {"median": prefill.median, "min": prefill.lo, "max": prefill.hi},
            "decode_pass_ratio": {"median": decode.median, "min": decode.lo, "max": decode.hi}}
     lines = [f"# Decode step, PARA vs plain, interleaved in one process ({args.dtype}, batch {args.batch})", "",
-             f"- model: the load test's full model (hidden {spec.hidden_size}, {spec.num_hidden_layers} layers), "
+             f"- model: {spec.describe()}, "
              f"{args.adapters} PARA adapters round-robin, {'eager' if args.eager else 'compiled'}; engines built "
              f"{'PARA first' if args.para_first else 'plain first'}",
              f"- {args.rounds} rounds, ABBA order, each: decode pass ({args.batch} x {args.prompt_len} -> "

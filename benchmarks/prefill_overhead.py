@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    spec, base, adapters = build_full_model("prefill_overhead_", args.adapters)
+    spec, base, adapters = build_full_model("prefill_overhead_", args.adapters, args.model)
     names = list(adapters)
     llm = LLM(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
               gpu_memory_utilization=0.2,
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     per = {s: P.spread(1000 * x["prefill_s"] for x in rows if x["system"] == s) for s in systems}
     lines = report_head(f"PARA's per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) per pass)",
                         args.label) + [
-        f"- model: the load test's full model (hidden {spec.hidden_size}, {spec.num_hidden_layers} layers), compiled; "
+        f"- model: {spec.describe()}, compiled; "
         f"{args.adapters} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
         f"- {args.rounds} rounds, ABBA, each: a prefill pass (max_tokens=1) with adapters and one without, "
         "in the same PARA engine; warm-up excluded",

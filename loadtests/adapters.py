@@ -28,6 +28,13 @@ class ModelSpec:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int = 64
+    real: str | None = None  # a real base of vllm_para.base_model.BASES instead of random weights
+
+    def describe(self) -> str:
+        shapes = (f"hidden {self.hidden_size}, intermediate {self.intermediate_size}, {self.num_hidden_layers} "
+                  f"layers, {self.num_attention_heads} heads, {self.num_key_value_heads} KV heads, "
+                  f"head_dim {self.head_dim}")
+        return f"{self.real} (real pretrained weights): {shapes}" if self.real else f"Llama-shaped, random weights: {shapes}"
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each Llama linear layer."""
@@ -55,8 +62,25 @@ def max_lora_rank_flag(r: int) -> int:
     return next(v for v in VLLM_LORA_RANKS if v >= r)
 
 
+def real_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a real base (`--model smollm2-135m`), converted once by vllm_para.base_model."""
+    from transformers import AutoConfig
+
+    from vllm_para.base_model import ensure_base
+
+    c = AutoConfig.from_pretrained(str(ensure_base(name)))
+    return ModelSpec(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                     c.num_key_value_heads, c.head_dim, real=name)
+
+
 def build_base(spec: ModelSpec, directory: Path) -> Path:
+    """The base model of a run: the cached real one, or random weights of `spec`'s shape in `directory`."""
     from vllm_para.testing.tiny_models import build_tiny_model
+
+    if spec.real:
+        from vllm_para.base_model import ensure_base
+
+        return ensure_base(spec.real)
 
     return build_tiny_model(directory, arch="llama", hidden_size=spec.hidden_size,
                             intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,

@@ -127,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "on first use from a directory, PARA vs LoRA (loadtests/fleet.py)")
     p.add_argument("--mode", choices=sorted(MODES), default=None,
                    help="model size and defaults (default: small; full for --scenario fleet)")
+    p.add_argument("--model", default="random", choices=("random", "smollm2-135m"),
+                   help="random: the mode's random-weight Llama shape; smollm2-135m: the real base "
+                        "(`vllm-para base`, 30 layers, hidden 576)")
     p.add_argument("--systems", default=None,
                    help=f"comma-separated, from {','.join(SYSTEMS)} (fleet: {','.join(FLEET_SYSTEMS)}); default all")
     p.add_argument("--fleet-adapters", type=int, default=1000, help="fleet: adapters per system (default 1000)")
@@ -222,7 +225,8 @@ class Plan:
     def from_args(cls, args: argparse.Namespace) -> "Plan":
         m = MODES[args.mode]
         levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else m.concurrency
-        return cls(args.mode, m.model, tuple(args.systems), levels, args.requests or m.requests,
+        model = ad.real_spec(args.model) if getattr(args, "model", None) not in (None, "random") else m.model
+        return cls(args.mode, model, tuple(args.systems), levels, args.requests or m.requests,
                    args.adapters or m.adapters, args.prompt_words or m.prompt_words, args.max_tokens or m.max_tokens,
                    args.distribution, 1.0 if args.zipf_exponent is None else args.zipf_exponent, args.beam_search,
                    args.seed, args.run_time,
@@ -256,9 +260,7 @@ class Plan:
         traffic += "beam search width 3 (not streamed)" if self.beam_search else "streamed, greedy"
         return {
             "mode": self.mode, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "base model": f"Llama-shaped, random weights: hidden {m.hidden_size}, intermediate "
-                          f"{m.intermediate_size}, {m.num_hidden_layers} layers, {m.num_attention_heads} heads, "
-                          f"{m.num_key_value_heads} KV heads, head_dim {m.head_dim}",
+            "base model": m.describe(),
             "adapters per system": self.adapters, "traffic": traffic,
             "requests per concurrency level": (", ".join(f"c={c}: {self.requests_at(c)}" for c in self.levels)
                                                if self.requests_per_user else self.requests),

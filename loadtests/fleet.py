@@ -452,9 +452,7 @@ def _meta(plan: FleetPlan, slots: list[P.Slot], label: str | None) -> dict:
     m = plan.model
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "base model": f"Llama-shaped, random weights: hidden {m.hidden_size}, intermediate {m.intermediate_size}, "
-                      f"{m.num_hidden_layers} layers, {m.num_attention_heads} heads, {m.num_key_value_heads} KV "
-                      f"heads, head_dim {m.head_dim} ({plan.mode} mode), dtype {plan.dtype}",
+        "base model": f"{m.describe()} ({plan.mode} mode), dtype {plan.dtype}",
         "adapters per system": f"{plan.adapters} (`tenant-0000` ... ) + 1 warm-up adapter, in one directory, "
                                "none loaded at start-up",
         "traffic": f"Zipf s={plan.zipf_exponent} over the {plan.adapters} adapters (tenant k has weight "

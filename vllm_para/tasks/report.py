@@ -77,20 +77,31 @@ def _engines(rows) -> dict[str, str]:
     return {r["method"]: r["engine"] for r in rows}
 
 
+def _base_line(base: Path) -> str:
+    from ..base_model import MANIFEST
+
+    if (base / MANIFEST).is_file():  # a real base (vllm_para.base_model)
+        m = json.loads((base / MANIFEST).read_text())
+        return (f"Base model: `{m['name']}`, a real pretrained model ({m['gguf_file']} from the PyPI package "
+                f"{m['source_package']}=={m['source_version']}, sha256 {m['gguf_sha256'][:16]}..., {m['license']}), "
+                "dequantized to float32 by `vllm-para base`.\n")
+    info = json.loads((base / "pretrain_info.json").read_text())
+    return (f"Base model: `{base.name}` ({info['parameters']:,} parameters, Llama-shaped, "
+            f"{info['recipe']['num_hidden_layers']} layers, hidden {info['recipe']['hidden_size']}), pretrained "
+            f"locally on {info['tokens_seen']:,} tokens of the synthetic corpus in {info['seconds']:.0f} s "
+            f"(final loss {info['loss_last50']:.3f}).\n")
+
+
 def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, data, preds, jobs, infos, timings) -> Path:
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     tasks = list(cfg.tasks)
     params = _params(rows)
     engines = _engines(rows)
-    info = json.loads((base / "pretrain_info.json").read_text())
     metric_names = ", ".join(f"{t}: {get_task(t).metric}" for t in tasks)
     L = []
     L.append(f"# Do adapters help? Study run `{run_dir.name}`\n")
-    L.append(f"Base model: `{base.name}` ({info['parameters']:,} parameters, Llama-shaped, "
-             f"{info['recipe']['num_hidden_layers']} layers, hidden {info['recipe']['hidden_size']}), pretrained "
-             f"locally on {info['tokens_seen']:,} tokens of the synthetic corpus in {info['seconds']:.0f} s "
-             f"(final loss {info['loss_last50']:.3f}).\n")
+    L.append(_base_line(base))
     L.append(f"Data: {cfg.n_train} training, {cfg.n_val} validation and {cfg.n_test} test examples per task; "
              "splits share no entities and no templates. "
              f"Budget per adapter: {cfg.steps} optimizer steps of batch {cfg.batch_size} "

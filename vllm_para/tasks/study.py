@@ -65,7 +65,9 @@ ABLATIONS: dict[str, dict[str, dict]] = {
 
 @dataclass
 class StudyConfig:
-    recipe: str = "default"
+    # the base model: a real one from vllm_para.base_model.BASES (default), or a synthetic
+    # pretraining recipe of vllm_para.tasks.pretrain.RECIPES ("default": the 1.3M-parameter base)
+    recipe: str = "smollm2-135m"
     tasks: tuple[str, ...] = TASK_NAMES
     n_train: int = 1000
     n_val: int = 50
@@ -87,17 +89,41 @@ class StudyConfig:
     vector_prompts: int = 40  # per task, for the dispersion analysis
     data_seed: int = 0
     workers: int = 2  # adapters trained in parallel, one CPU thread each
+    bf16: bool = False  # train under bf16 autocast (the VG and the loss stay float32)
+    enforce_eager: bool = False  # vLLM engines without compilation (a real base compiles for minutes on CPU)
+
+
+REAL_BASE_LR_GRID = {  # PARA at 5e-3 diverged on SmolLM2-135M; 1e-3 trains
+    "para": (1e-3, 3e-3), "lora_matched": (3e-4, 1e-3), "lora_r8": (3e-4, 1e-3), "ia3": (3e-3, 1e-2),
+    "bitfit": (3e-4, 1e-3),
+}
 
 
 PRESETS: dict[str, StudyConfig] = {
-    # at most ~5 minutes: PARA (one rate, one seed) per task vs the base model
+    # at most ~10 minutes on the real base: PARA (one rate, one seed) per task vs the base model
     "quick": StudyConfig(
-        n_train=1000, n_val=0, n_test=60, steps=150, methods=("para",), lr_grid={"para": (3e-3,)}, seeds=(0,),
-        multitask=False, ablations=(), reference_prompts=8, vector_prompts=0,
+        n_train=256, n_val=0, n_test=50, steps=15, batch_size=8, methods=("para",), lr_grid={"para": (2e-3,)},
+        seeds=(0,), multitask=False, ablations=(), reference_prompts=8, vector_prompts=0, bf16=True,
+        enforce_eager=True,
     ),
-    "core": StudyConfig(seeds=(0,), ablations=()),
-    "full": StudyConfig(),
+    "core": StudyConfig(seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256, lr_grid=REAL_BASE_LR_GRID,
+                        bf16=True, enforce_eager=True),
+    "full": StudyConfig(steps=40, multi_steps=80, batch_size=8, n_train=256, lr_grid=REAL_BASE_LR_GRID, bf16=True,
+                        enforce_eager=True),
+    # the 1.3M-parameter synthetic base (vllm_para.tasks.pretrain), as before
+    "quick-synthetic": StudyConfig(
+        recipe="default", n_train=1000, n_val=0, n_test=60, steps=150, methods=("para",),
+        lr_grid={"para": (3e-3,)}, seeds=(0,), multitask=False, ablations=(), reference_prompts=8, vector_prompts=0,
+    ),
+    "full-synthetic": StudyConfig(recipe="default"),
 }
+
+
+def study_base(recipe: str, log) -> Path:
+    """The study's base model: a real one (converted once) or a synthetic one (pretrained once)."""
+    from ..base_model import BASES, ensure_base
+
+    return ensure_base(recipe) if recipe in BASES else ensure_base_model(recipe, log=log)
 
 
 # --------------------------------------------------------------------- jobs
@@ -213,7 +239,7 @@ def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, lo
         base_model=str(base), data=data.paths[job.task], output=out / "trained" if first else out,
         method=args["method"], lr=job.lr, max_steps=steps, batch_size=cfg.batch_size, seed=job.seed,
         lr_scheduler_type="cosine", warmup_ratio=0.05, save_steps=0, logging_steps=max(1, steps // 6),
-        device="cpu", progress=False, max_length=256,
+        device="cpu", progress=False, max_length=256, bf16=cfg.bf16,
     )
     if args["method"] == "para":
         kw.update(r=args["r"], targets=tuple(args["targets"]), pooling="mean" if first else pooling)
@@ -380,7 +406,7 @@ def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predict
         spec = {"engine": engine, "base": str(base), "requests": reqs,
                 "adapters": {j.id: str(work / "adapters" / j.id) for j in group if j.id in needed},
                 "out": str(work / "generations" / f"{engine}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"),
-                "max_lora_rank": 16}
+                "max_lora_rank": 16, "enforce_eager": data.cfg.enforce_eager}
         if engine == "lora":
             spec["max_lora_rank"] = max(16, max(_lora_rank(work / "adapters" / a) for a in spec["adapters"]))
         spec_path = Path(spec["out"]).with_suffix(".spec.json")
@@ -544,7 +570,7 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     log(f"[study] run {run_dir} (work dir {work})")
-    base = ensure_base_model(cfg.recipe, log=log)
+    base = study_base(cfg.recipe, log)
     data = Data(cfg, work)
     preds = Predictions(work)
 
