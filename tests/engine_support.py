@@ -70,22 +70,65 @@ def para_stats(llm) -> dict:
     return llm.collective_rpc("para_stats")[0]
 
 
-def logprob_tolerances(model, adapters, batch, completions, floor: float = 1e-5, factor: float = 10.0) -> list[float]:
-    """Per-request logprob tolerance for comparing vLLM (float32) with the reference:
-    `factor` x the reference's own float32-vs-float64 gap on the same tokens, at least
-    `floor`. A fixed tolerance below that gap would test nothing; one far above it
-    would hide real differences (e.g. between the slot and overflow VG paths)."""
+def sequential_mean(reverse: bool):
+    """`core.pool_prompts` with whole-prompt means summed one row at a time, forwards or backwards:
+    another equally valid float32 summation order (the perturbation analysis of mean pooling)."""
     import torch
 
+    from vllm_para import core
+
+    def pool(hidden, starts, ends, mode):
+        if mode == "last":
+            return core.pool_prompts(hidden, starts, ends, mode)
+        first = 1 if mode == "mean_skip_first" else 0
+        rows = []
+        for s, e in zip(starts, ends):
+            block = hidden[s + first if e - s > 1 else s:e].float()
+            block = block.flip(0) if reverse else block
+            acc = torch.zeros_like(block[0])
+            for row in block:
+                acc = acc + row
+            rows.append(acc / block.shape[0])
+        return torch.stack(rows)
+
+    return pool
+
+
+def logprob_tolerances(model, adapters, batch, completions, floor: float = 1e-5, factor: float = 10.0) -> list[float]:
+    """Per-request logprob tolerance for comparing vLLM (float32) with the reference:
+    `factor` x the request's conditioning (`logprob_conditioning`), at least `floor`."""
+    return [max(floor, factor * c) for c in logprob_conditioning(model, adapters, batch, completions)]
+
+
+def logprob_conditioning(model, adapters, batch, completions) -> list[float]:
+    """Per request (prompt ids, adapter name) and its completion: the largest
+    logprob change between the float32 reference and an equally valid float32 computation: the
+    float64 reference, and for whole-prompt pooling the mean summed in another order (on Gemma's
+    sqrt(hidden)-scaled embeddings that order alone moves a mean-pooled q,k,v,g,u adapter by
+    ~6e-5, more than its float64 gap). A fixed tolerance below that would test nothing; one far
+    above it would hide real differences (e.g. between the slot and overflow VG paths)."""
+    import torch
+
+    from vllm_para import core
     from vllm_para.training.reference import PARAReferenceModel
 
     ref32 = PARAReferenceModel.from_pretrained(model, adapters=adapters)
     ref64 = PARAReferenceModel.from_pretrained(model, adapters=adapters, dtype=torch.float64)
+    pooling = {name: ref32.adapters[name].config.pooling for name in ref32.adapters}
+
+    def gap(a, b):
+        return max(abs(x - y) for x, y in zip(a, b))
+
     out = []
     for (ids, name), comp in zip(batch, completions):
         a = ref32.sequence_logprobs(ids, comp, name)
-        b = ref64.sequence_logprobs(ids, comp, name)
-        out.append(max(floor, factor * max(abs(x - y) for x, y in zip(a, b))))
+        worst = gap(a, ref64.sequence_logprobs(ids, comp, name))
+        if name is not None and pooling[name] != "last":
+            for reverse in (False, True):
+                ref32.pool_fn = sequential_mean(reverse)
+                worst = max(worst, gap(a, ref32.sequence_logprobs(ids, comp, name)))
+            ref32.pool_fn = core.pool_prompts
+        out.append(worst)
     return out
 
 
