@@ -54,8 +54,9 @@ METHODS: dict[str, dict] = {
 }
 # PARA ablations: label -> overrides of METHODS["para"]
 ABLATIONS: dict[str, dict[str, dict]] = {
-    "r": {f"para[r={r}]": dict(r=r) for r in (4, 8, 24, 48)},
-    "pooling": {"para[pool=mean]": dict(pooling="mean"), "para[pool=first]": dict(pooling="first")},
+    "r": {f"para[r={r}]": dict(r=r) for r in (4, 24)},
+    "pooling": {"para[pool=mean]": dict(pooling="mean"), "para[pool=mean_skip_first]": dict(pooling="mean_skip_first"),
+                "para[pool=first]": dict(pooling="first")},
     "targets": {
         "para[t=q]": dict(targets=("q",)), "para[t=v]": dict(targets=("v",)), "para[t=qv]": dict(targets=("q", "v")),
         "para[t=qkvgu]": dict(targets=("q", "k", "v", "g", "u")),
@@ -89,6 +90,8 @@ class StudyConfig:
     vector_prompts: int = 40  # per task, for the dispersion analysis
     data_seed: int = 0
     workers: int = 2  # adapters trained in parallel, one CPU thread each
+    seed_methods: tuple[str, ...] | None = None  # methods that get the extra seeds (None: all)
+    multi_lrs: int | None = None  # how many of the grid's rates the multi-task adapters try (None: all)
     bf16: bool = False  # train under bf16 autocast (the VG and the loss stay float32)
     enforce_eager: bool = False  # vLLM engines without compilation (a real base compiles for minutes on CPU)
 
@@ -108,8 +111,13 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "core": StudyConfig(seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256, lr_grid=REAL_BASE_LR_GRID,
                         bf16=True, enforce_eager=True),
-    "full": StudyConfig(steps=40, multi_steps=80, batch_size=8, n_train=256, lr_grid=REAL_BASE_LR_GRID, bf16=True,
-                        enforce_eager=True),
+    # Budgeted to ~100 minutes on 2 cores (`python -m vllm_para.tasks.budget`: every method ~2.1 s per bf16
+    # step of batch 8, ~3.4 s in float32): 20 steps per per-task adapter, 60 per multi-task one; 2 rates for
+    # every method on seed 0 (multi-task: the lower rate only); seeds 1-2 for PARA and matched LoRA only;
+    # ablations on arith and sql, seed 0. About 2,300 training steps (~82 min) plus the served evaluations.
+    "full": StudyConfig(steps=20, multi_steps=60, batch_size=8, n_train=256, n_val=50, n_test=100,
+                        lr_grid=REAL_BASE_LR_GRID, seed_methods=("para", "lora_matched"), multi_lrs=1,
+                        bf16=True, enforce_eager=True),
     # the 1.3M-parameter synthetic base (vllm_para.tasks.pretrain), as before
     "quick-synthetic": StudyConfig(
         recipe="default", n_train=1000, n_val=0, n_test=60, steps=150, methods=("para",),
@@ -158,13 +166,13 @@ def _spec(d: dict) -> tuple:
 def grid_jobs(cfg: StudyConfig) -> list[Job]:
     scopes = list(cfg.tasks) + ([MULTI] if cfg.multitask else [])
     return [Job(m, t, lr, cfg.seeds[0], _spec(METHODS[m])) for m in cfg.methods for t in scopes
-            for lr in cfg.lr_grid[m]]
+            for lr in (cfg.lr_grid[m][:cfg.multi_lrs] if t == MULTI and cfg.multi_lrs else cfg.lr_grid[m])]
 
 
 def phase_b_jobs(cfg: StudyConfig, chosen: dict[tuple[str, str], float]) -> list[Job]:
     scopes = list(cfg.tasks) + ([MULTI] if cfg.multitask else [])
-    jobs = [Job(m, t, chosen[(m, t)], s, _spec(METHODS[m])) for m in cfg.methods for t in scopes
-            for s in cfg.seeds[1:]]
+    seeded = [m for m in cfg.methods if cfg.seed_methods is None or m in cfg.seed_methods]
+    jobs = [Job(m, t, chosen[(m, t)], s, _spec(METHODS[m])) for m in seeded for t in scopes for s in cfg.seeds[1:]]
     if "para" in cfg.methods:
         for group in cfg.ablations:
             for label, overrides in ABLATIONS[group].items():
