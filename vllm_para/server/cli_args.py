@@ -23,6 +23,16 @@ HELP = {
     "(validated like a start-up adapter; 404 if absent, 400 if invalid).",
     "max_cpu_para_adapters": "Host-cache bound for adapters loaded from --para-adapter-dir (least recently used "
     "first, never one with requests in flight); unbounded when unset.",
+    "max_para_pages": "Side-buffer pages: sequences holding PARA vectors, running or preempted (a PARA request "
+    "waits for a free page); 2 x --max-num-seqs when unset.",
+}
+# flag (without --) -> (PARASettings key, argparse type); --para-modules and --enable-para are special
+VALUE_FLAGS: dict[str, tuple[str, type]] = {
+    "max-para-adapters": ("max_adapters", int),
+    "max-para-rank": ("max_rank", int),
+    "para-adapter-dir": ("adapter_dir", str),
+    "max-cpu-para-adapters": ("max_cpu_adapters", int),
+    "max-para-pages": ("max_pages", int),
 }
 
 
@@ -30,23 +40,17 @@ def add_para_args(parser):
     group = parser.add_argument_group("PARA", "PARA adapter serving (vllm-para plugin)")
     group.add_argument("--enable-para", action="store_true", default=False, help=HELP["enable_para"])
     group.add_argument("--para-modules", nargs="+", metavar="NAME=PATH", default=None, help=HELP["para_modules"])
-    group.add_argument("--max-para-adapters", type=int, default=None, help=HELP["max_para_adapters"])
-    group.add_argument("--max-para-rank", type=int, default=None, help=HELP["max_para_rank"])
-    group.add_argument("--para-adapter-dir", default=None, metavar="DIR", help=HELP["para_adapter_dir"])
-    group.add_argument("--max-cpu-para-adapters", type=int, default=None, help=HELP["max_cpu_para_adapters"])
+    for flag, (_, kind) in VALUE_FLAGS.items():
+        group.add_argument(f"--{flag}", type=kind, default=None, help=HELP[flag.replace("-", "_")],
+                           **({"metavar": "DIR"} if kind is str else {}))
     return parser
 
 
 def fold_para_args(args: argparse.Namespace, engine_args) -> None:
     """Move the PARA flags into `engine_args.additional_config["para"]`."""
     enabled = getattr(args, "enable_para", False)
-    given = {
-        "--para-modules": getattr(args, "para_modules", None),
-        "--max-para-adapters": getattr(args, "max_para_adapters", None),
-        "--max-para-rank": getattr(args, "max_para_rank", None),
-        "--para-adapter-dir": getattr(args, "para_adapter_dir", None),
-        "--max-cpu-para-adapters": getattr(args, "max_cpu_para_adapters", None),
-    }
+    given = {"--para-modules": getattr(args, "para_modules", None),
+             **{f"--{flag}": getattr(args, flag.replace("-", "_"), None) for flag in VALUE_FLAGS}}
     if not enabled:
         used = [flag for flag, value in given.items() if value is not None]
         if used:
@@ -56,14 +60,9 @@ def fold_para_args(args: argparse.Namespace, engine_args) -> None:
     para = dict(additional.get(ADDITIONAL_CONFIG_KEY) or {})
     if args.para_modules:
         para["modules"] = {**para.get("modules", {}), **parse_module_specs(args.para_modules)}
-    if args.max_para_adapters is not None:
-        para["max_adapters"] = args.max_para_adapters
-    if args.max_para_rank is not None:
-        para["max_rank"] = args.max_para_rank
-    if args.para_adapter_dir is not None:
-        para["adapter_dir"] = args.para_adapter_dir
-    if args.max_cpu_para_adapters is not None:
-        para["max_cpu_adapters"] = args.max_cpu_para_adapters
+    for flag, (key, _) in VALUE_FLAGS.items():
+        if given[f"--{flag}"] is not None:
+            para[key] = given[f"--{flag}"]
     additional[ADDITIONAL_CONFIG_KEY] = para
     engine_args.additional_config = additional
     # Extra API-server processes (--api-server-count > 1, vLLM's default under data
