@@ -9,7 +9,7 @@ go through the same wrapped, compiled model (requests without an adapter read pa
 per-round difference is exactly the work a PARA prompt adds: the step plan on the host
 (`PARARuntime.plan_step`), the VG op at every layer (`vllm_para::compute_vectors`) and its
 page bookkeeping. That is the fixed per-request cost which, at high concurrency, is amortized
-over the fewest engine milliseconds per request (see the README's performance section).
+over the fewest engine milliseconds per request (see docs/performance.md).
 
 With --profile, it also prints torch.profiler's op table for 40 passes with adapters: the
 eager calls under `vllm_para::compute_vectors` and what each costs inside a real forward.

@@ -15,7 +15,7 @@ The second is the perturbation that matters on this model: its first token's
 hidden state (the attention sink) has a norm ~100x the others', so the mean's
 rounding error is set by that one row and moves logprobs ~1e-3; a tolerance
 below it would fail any correct float32 engine. mean_skip_first pools without
-the sink and must stay within the plain rule. docs: README "Exactness".
+the sink and must stay within the plain rule. docs/exactness.md.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ DEFAULT_TARGETS: tuple[str, ...] = ("q", "v", "u")
 # mean leaving out the first token. On real models the first (sink) token's hidden
 # state can be ~100x the others' norm, so it dominates "mean" and makes the pooled
 # vector ill-conditioned (summation order alone moves logprobs ~1e-3 on SmolLM2);
-# "mean_skip_first" is the well-conditioned variant. docs: README "Exactness".
+# "mean_skip_first" is the well-conditioned variant. docs/exactness.md.
 Pooling = Literal["last", "mean", "mean_skip_first"]
 WHOLE_PROMPT_POOLINGS: frozenset[str] = frozenset({"mean", "mean_skip_first"})
 
