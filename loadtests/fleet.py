@@ -321,7 +321,6 @@ def run_fleet_life(index: int, life: list[P.Slot], plan: FleetPlan, base: Path, 
                 records = [json.loads(line) for line in rec.read_text().splitlines() if line.strip()]
                 cold, warm = tracker.split(records)
                 cold_ms, warm_ms = _ttfts_ms(cold), _ttfts_ms(warm)
-                time.sleep(1.5)  # PARA's memory gauges are polled from the workers once a second
                 metrics.update(cold_requests=len(cold), warm_requests=len(warm),
                                ttft_cold_p50=percentile(cold_ms, 50), ttft_cold_p99=percentile(cold_ms, 99),
                                ttft_warm_p50=percentile(warm_ms, 50), ttft_warm_p99=percentile(warm_ms, 99),

@@ -49,11 +49,6 @@ class RegisteredAdapter:
     weights: VGWeights | None = field(default=None, compare=False, repr=False)  # host copy (workers)
 
     @property
-    def num_held(self) -> int:
-        """(name, version) pairs registered and not yet retired (active or draining)."""
-        return len(self._all)
-
-    @property
     def host_bytes(self) -> int:
         if self.weights is None:
             return 0

@@ -5,7 +5,7 @@ cache directory and rebuilt when missing.
     from vllm_para.tasks.pretrain import ensure_base_model
     path = ensure_base_model()          # ~/.cache/vllm-para/base-<recipe hash>/ (built on first use)
 
-`vllm-para-pretrain` equivalent: `python -m vllm_para.tasks.pretrain [--recipe default|quick] [--force]`.
+Run: `make pretrain` or `python -m vllm_para.tasks.pretrain [--recipe default|quick] [--force]`.
 
 The cache directory is `$VLLM_PARA_CACHE`, else `$XDG_CACHE_HOME/vllm-para`, else
 `~/.cache/vllm-para`. The directory name carries a hash of the recipe (model

@@ -65,9 +65,8 @@ class PARAGraphModeError(RuntimeError):
 
 # ---------------------------------------------------------------------- pure helpers
 def runtime_for(runner):
-    """The PARA runtime serving `runner` (None: not a PARA engine): through the
-    runner's model (`runtime.runtime_of`) or, in older layouts, the process-wide
-    `runtime.get_runtime()`."""
+    """The PARA runtime serving `runner` (None: not a PARA engine), found through the
+    runner's model (`runtime.runtime_of`)."""
     from . import runtime
 
     return runtime.runtime_of(runner)
