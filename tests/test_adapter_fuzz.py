@@ -212,3 +212,68 @@ def test_fifo_refused_without_hanging(good_adapter, base_shape, tmp_path, fname)
     os.mkfifo(d / fname)
     exc = refusal(d, base_shape)
     assert isinstance(exc, PARAConfigError) and "not a regular file" in str(exc) and str(d / fname) in str(exc), exc
+
+
+def test_fifo_swapped_in_while_reading_never_hangs(good_adapter, base_shape, tmp_path):
+    """A real race: a thread swaps adapter_model.safetensors between the regular file and a FIFO
+    (by rename) while the adapter is loaded over and over. Every load either succeeds (the bytes
+    of the regular file) or is refused as not a regular file; none blocks (a FIFO opened by name
+    without O_NONBLOCK would wait for a writer)."""
+    import threading
+    import time
+
+    from vllm_para.adapter import load_adapter
+
+    d = tmp_path / "race"
+    shutil.copytree(good_adapter, d)
+    weights = d / WEIGHTS_FILE
+    regular, fifo = tmp_path / "regular.bin", tmp_path / "fifo.bin"
+    shutil.copy(weights, regular)
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def swap():
+        spare_regular, spare_fifo = tmp_path / "r2", tmp_path / "f2"
+        shutil.copy(regular, spare_regular)
+        os.mkfifo(spare_fifo)
+        while not stop.is_set():
+            os.replace(spare_fifo, weights)  # weights is a FIFO now
+            os.mkfifo(spare_fifo)
+            os.replace(spare_regular, weights)  # a regular file again
+            shutil.copy(regular, spare_regular)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    outcomes = {"loaded": 0, "refused": 0}
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            try:
+                load_adapter(d, base_shape=base_shape)
+                outcomes["loaded"] += 1
+            except PARAConfigError as exc:
+                assert "not a regular file" in str(exc) or "missing" in str(exc) or "cannot be" in str(exc), exc
+                outcomes["refused"] += 1
+            assert time.monotonic() - began < 2.0, "a load waited on the FIFO"
+    finally:
+        stop.set()
+        swapper.join(5)
+    assert outcomes["loaded"] and outcomes["refused"], outcomes
+
+
+def test_read_past_the_deadline_fails_that_load(good_adapter, monkeypatch):
+    """A read that never finishes (a stuck mount: simulated by a reader that blocks) fails the load
+    after the deadline with a clear error, instead of blocking the caller."""
+    import threading
+    import time
+
+    from vllm_para import adapter
+
+    release = threading.Event()
+    monkeypatch.setattr(adapter, "_read_files", lambda directory: release.wait(30))
+    began = time.monotonic()
+    with pytest.raises(adapter.PARAAdapterError, match=r"took longer than 0.3 s.*--para-load-timeout"):
+        adapter.read_adapter_files(good_adapter, timeout_s=0.3)
+    assert time.monotonic() - began < 2.0
+    release.set()

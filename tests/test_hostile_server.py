@@ -9,6 +9,7 @@ import base64
 import io
 import itertools
 import json
+import os
 import random
 import shutil
 import time
@@ -316,6 +317,89 @@ def test_fuzzed_adapter_dirs_refused_at_runtime_load(server, fixed_output, adapt
             _still_fine(server, fixed_output)
     names = {m["id"] for m in server.get("/v1/models").json()["data"]}
     assert not any(n.startswith("fuzz") for n in names)
+    _still_fine(server, fixed_output)
+
+
+# Over the file system's name limit (255 bytes in UTF-8): answered 500 from an OSError before.
+LONG_NAMES = ["L" * 256, "\u00e9" * 200, "\u20ac" * 86]
+
+
+@pytest.mark.parametrize("name", LONG_NAMES, ids=["ascii-256", "e-acute-200", "euro-86"])
+def test_names_over_the_file_name_limit_are_400(server, fixed_output, tiny_llama, name):
+    _refused(server.post("/v1/completions", _body(name, PROMPTS[0])), 400, "255")
+    _refused(server.post("/v1/chat/completions", {"model": name, "max_tokens": 2,
+                                                  "messages": [{"role": "user", "content": "hi"}]}), 400, "255")
+    _refused(server.post("/v1/completions", _body(str(tiny_llama), PROMPTS[0], vllm_xargs={"para_adapter": name})),
+             400, "para_adapter", "255")
+    _refused(_load(server, name, "/nonexistent"), 400, "255")
+    _still_fine(server, fixed_output)
+
+
+def test_base_model_name_is_not_an_adapter(server, fixed_output, tiny_llama, adapter_dir):
+    base = str(tiny_llama)
+    _refused(server.post("/v1/completions", _body(base, PROMPTS[0], vllm_xargs={"para_adapter": base})),
+             400, "base model")
+    ids = [m["id"] for m in server.get("/v1/models").json()["data"]]
+    assert len(ids) == len(set(ids)), ids
+    _still_fine(server, fixed_output)
+
+
+def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_llama, adapters, tmp_path):
+    """A real race against the server: a thread swaps tt/adapter_model.safetensors between a regular
+    file and a FIFO (by rename) while admin loads of `tt` run one after another and another thread
+    keeps sending base requests. Each load is a 200 or a 400, fast; base requests never stall
+    (before, a worker's open() of the FIFO blocked every tenant for ~70 s)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = tmp_path / "tt"
+    shutil.copytree(adapters["sql"], d)
+    weights = d / "adapter_model.safetensors"
+    regular = tmp_path / "regular.bin"
+    shutil.copy(weights, regular)
+    stop = threading.Event()
+
+    def swap():
+        spare_regular, spare_fifo = tmp_path / "r2", tmp_path / "f2"
+        shutil.copy(regular, spare_regular)
+        os.mkfifo(spare_fifo)
+        while not stop.is_set():
+            os.replace(spare_fifo, weights)
+            os.mkfifo(spare_fifo)
+            time.sleep(0.002)
+            os.replace(spare_regular, weights)
+            shutil.copy(regular, spare_regular)
+            time.sleep(0.002)
+
+    def base_requests():
+        worst = 0.0
+        while not stop.is_set():
+            began = time.monotonic()
+            r = server.post("/v1/completions", _body(str(tiny_llama), PROMPTS[3], max_tokens=4))
+            assert r.status_code == 200, r.text[:300]
+            worst = max(worst, time.monotonic() - began)
+        return worst
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    statuses = []
+    with ThreadPoolExecutor(1) as pool:
+        base = pool.submit(base_requests)
+        try:
+            for _ in range(12):
+                began = time.monotonic()
+                r = _load(server, "tt", d)
+                assert r.status_code in (200, 400), r.text[:300]
+                assert time.monotonic() - began < 15, "a load stalled"
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    assert _unload(server, "tt").status_code == 200
+        finally:
+            stop.set()
+            swapper.join(5)
+        worst_base = base.result(timeout=60)
+    assert worst_base < 15, f"a base request took {worst_base:.1f} s during the race"
+    assert 200 in statuses or 400 in statuses
     _still_fine(server, fixed_output)
 
 

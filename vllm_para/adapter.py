@@ -10,14 +10,20 @@ tests/adapter_corruptions.py) ends in a `PARAConfigError` naming the file.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
-from .config import CONFIG_FILE, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, adapter_file, clip
+from .config import (
+    CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip, read_adapter_bytes,
+    read_config_bytes,
+)
 from .core import DOWN, UP, UP_BIAS, VGWeights, tensor_name
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -69,6 +75,86 @@ def expected_tensor_shapes(config: PARAConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@dataclass(frozen=True)
+class AdapterFiles:
+    """An adapter directory's bytes, read once: what the API server validates and ships to
+    every worker (which then never opens the files). `digest` is the weights' sha256."""
+
+    directory: str
+    config: bytes
+    weights: bytes
+    digest: str
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.config) + len(self.weights)
+
+    def to_wire(self) -> list:
+        """Plain values for `collective_rpc` (vLLM's msgpack encoder, no pickle)."""
+        return [self.directory, self.config, self.weights, self.digest]
+
+    @classmethod
+    def from_wire(cls, wire) -> "AdapterFiles":
+        directory, config, weights, digest = wire
+        return cls(str(directory), bytes(config), bytes(weights), str(digest))
+
+
+DEFAULT_READ_TIMEOUT_S = 5.0
+
+
+def read_adapter_files(directory: str | Path, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S) -> AdapterFiles:
+    """Read an adapter directory's two files once (`config.read_adapter_bytes`: O_NOFOLLOW |
+    O_NONBLOCK, checks on the open descriptor), within `timeout_s` seconds.
+
+    The read runs in a daemon thread: a file system that never answers (a stuck network mount)
+    makes this call fail after the deadline with a `PARAAdapterError` instead of hanging the
+    caller; the thread itself stays blocked in the kernel until the mount answers."""
+    if timeout_s is None:
+        return _read_files(Path(directory))
+    box: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["files"] = _read_files(Path(directory))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="vllm-para-adapter-read", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise PARAAdapterError(
+            f"{directory}: reading the adapter took longer than {timeout_s:g} s (a stuck network mount, or a "
+            "file that never answers?); the load is refused. Retry once the storage answers, or raise "
+            "--para-load-timeout."
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["files"]
+
+
+def _read_files(directory: Path) -> AdapterFiles:
+    try:
+        is_dir = directory.is_dir()
+    except (OSError, RuntimeError, ValueError):  # e.g. a symlink loop, a name too long
+        is_dir = False
+    if not is_dir:
+        raise PARAAdapterError(
+            f"{directory}: not a directory. Pass the adapter directory holding "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE}."
+        )
+    config = read_config_bytes(directory)
+    PARAConfig.from_bytes(config, directory / CONFIG_FILE)  # a broken config is reported before the weights
+    path = directory / WEIGHTS_FILE
+    if not path.exists() and not path.is_symlink():  # a dangling symlink is reported by adapter_file
+        pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
+        hint = f" Found {pickles}: pickle files are never loaded; convert to safetensors." if pickles else ""
+        raise PARAAdapterError(f"{path}: missing.{hint}")
+    weights = read_adapter_bytes(directory, WEIGHTS_FILE, MAX_WEIGHTS_BYTES, error=PARAAdapterError)
+    return AdapterFiles(str(directory), config, weights, hashlib.sha256(weights).hexdigest())
+
+
 def load_adapter(
     directory: str | Path,
     base_shape: ModelShape | None = None,
@@ -80,69 +166,57 @@ def load_adapter(
     `base_shape` (e.g. `ModelShape.from_hf_config(hf_config)`) makes the loader
     refuse adapters trained for a base model of other dimensions.
     """
-    directory = Path(directory)
-    try:
-        is_dir = directory.is_dir()
-    except (OSError, RuntimeError):  # e.g. a symlink loop
-        is_dir = False
-    if not is_dir:
-        raise PARAAdapterError(
-            f"{directory}: not a directory. Pass the adapter directory holding "
-            f"{CONFIG_FILE} and {WEIGHTS_FILE}."
-        )
-    config = PARAConfig.load(directory)
+    return parse_adapter(read_adapter_files(directory), base_shape=base_shape, dtype=dtype, device=device)
+
+
+def parse_adapter(
+    files: AdapterFiles,
+    base_shape: ModelShape | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> PARAAdapter:
+    """Validate an adapter from its bytes (no file access): config fields, the base-model fit,
+    and every tensor's presence, shape, dtype and finiteness."""
+    directory = Path(files.directory)
+    config = PARAConfig.from_bytes(files.config, directory / CONFIG_FILE)
     if base_shape is not None:
         config.check_matches(base_shape, where=str(directory / CONFIG_FILE))
-
     path = directory / WEIGHTS_FILE
-    if not path.exists() and not path.is_symlink():  # a dangling symlink is reported by adapter_file
-        pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-        hint = f" Found {pickles}: pickle files are never loaded; convert to safetensors." if pickles else ""
-        raise PARAAdapterError(f"{path}: missing.{hint}")
-    target = adapter_file(directory, WEIGHTS_FILE, error=PARAAdapterError)
-
-    expected = expected_tensor_shapes(config)
-    tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(target), framework="pt", device="cpu") as f:
-            present = set(f.keys())
-            missing = [name for name in expected if name not in present]
-            if missing:
-                raise PARAAdapterError(
-                    f"{path}: missing tensor {missing[0]!r}"
-                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                    + f"; a PARA adapter with num_hidden_layers={config.num_hidden_layers} has "
-                    f"layers.{{0..{config.num_hidden_layers - 1}}}.{{{DOWN},{UP},{UP_BIAS}}}."
-                )
-            unexpected = sorted(present - set(expected))
-            if unexpected:
-                raise PARAAdapterError(
-                    f"{path}: unexpected tensor {clip(repr(unexpected[0]))}; the config "
-                    f"(num_hidden_layers={config.num_hidden_layers}) does not account for it."
-                )
-            for name, shape in expected.items():
-                # The shape comes from the header: check it before reading any data.
-                got = tuple(f.get_slice(name).get_shape())
-                if got != shape:
-                    raise PARAAdapterError(
-                        f"{path}: tensor {name!r} has shape {list(got)}, expected {list(shape)} "
-                        f"(r={config.r}, hidden_size={config.hidden_size}, targets={list(config.targets)} "
-                        f"-> vector size {config.vector_size})."
-                    )
-                t = f.get_tensor(name)
-                if t.dtype not in ALLOWED_DTYPES:
-                    raise PARAAdapterError(
-                        f"{path}: tensor {name!r} has dtype {t.dtype}, expected one of "
-                        f"{[str(d) for d in ALLOWED_DTYPES]}."
-                    )
-                if not torch.isfinite(t).all():
-                    raise PARAAdapterError(f"{path}: tensor {name!r} contains NaN or Inf values.")
-                tensors[name] = t
-    except PARAAdapterError:
-        raise
+        tensors = safetensors_load(files.weights)
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as exc:
-        # safetensors validates the header (size, offsets, dtypes) when it opens the file.
+        # safetensors validates the header (size, offsets, dtypes) before building any tensor.
         raise PARAAdapterError(f"{path}: not a valid safetensors file ({clip(exc)}).") from exc
+    expected = expected_tensor_shapes(config)
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise PARAAdapterError(
+            f"{path}: missing tensor {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; a PARA adapter with num_hidden_layers={config.num_hidden_layers} has "
+            f"layers.{{0..{config.num_hidden_layers - 1}}}.{{{DOWN},{UP},{UP_BIAS}}}."
+        )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise PARAAdapterError(
+            f"{path}: unexpected tensor {clip(repr(unexpected[0]))}; the config "
+            f"(num_hidden_layers={config.num_hidden_layers}) does not account for it."
+        )
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise PARAAdapterError(
+                f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} "
+                f"(r={config.r}, hidden_size={config.hidden_size}, targets={list(config.targets)} "
+                f"-> vector size {config.vector_size})."
+            )
+        if t.dtype not in ALLOWED_DTYPES:
+            raise PARAAdapterError(
+                f"{path}: tensor {name!r} has dtype {t.dtype}, expected one of "
+                f"{[str(d) for d in ALLOWED_DTYPES]}."
+            )
+        if not torch.isfinite(t).all():
+            raise PARAAdapterError(f"{path}: tensor {name!r} contains NaN or Inf values.")
 
     L = config.num_hidden_layers
 

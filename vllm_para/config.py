@@ -26,6 +26,7 @@ MAX_LAYERS = 4096
 MAX_DIM = 1 << 20  # hidden_size, q_size, kv_size, intermediate_size
 MAX_RANK = 4096
 MAX_NAME_CHARS = 4096
+MAX_WEIGHTS_BYTES = 4 << 30  # r=64 on a 70B model is about 1 GB
 
 # The fixed order in which the generated vector `l` is split. Never reorder:
 # adapter files on disk depend on it.
@@ -90,6 +91,52 @@ def adapter_file(
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path}: not a regular file (a FIFO, socket or device?).")
     return target
+
+
+def read_adapter_bytes(
+    directory: str | Path, name: str, limit: int, error: type[PARAConfigError] = PARAConfigError, missing: str = ""
+) -> bytes:
+    """The bytes of the regular file `name` in an adapter directory, read once.
+
+    `adapter_file` resolves the name and gives the precise message for what is wrong with it;
+    then the resolved path is opened with O_NOFOLLOW | O_NONBLOCK (a FIFO or device opens
+    without waiting for a writer; a component swapped for a symlink since is refused), and
+    every decision is made on that open descriptor: fstat (a regular file, at most `limit`
+    bytes), the real path it names (still inside the directory), and the bytes read from it.
+    Nothing is opened by name again. A file system that hangs (a stuck NFS or FUSE mount)
+    can still block this call: callers run it with a deadline (`adapter.read_adapter_files`)."""
+    path = Path(directory) / name
+    target = adapter_file(directory, name, error, missing)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        raise error(f"{path}: cannot be opened ({clip(exc)}); was it replaced while being loaded?") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: not a regular file (a FIFO, socket or device?).")
+        if st.st_size > limit:
+            raise error(f"{path}: too large ({st.st_size} bytes, over the limit of {limit}).")
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc):
+            real = Path(os.readlink(proc))
+            if not real.is_relative_to(Path(directory).resolve()):
+                raise error(f"{path}: now resolves to {clip(real)}, outside the adapter directory; refusing it.")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 24, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({clip(exc)}).") from exc
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise error(f"{path}: too large (over the limit of {limit} bytes).")
+    return b"".join(chunks)
 
 
 class ModelShape(BaseModel):
@@ -194,15 +241,11 @@ class PARAConfig(ModelShape):
 
     @classmethod
     def load(cls, directory: str | Path) -> "PARAConfig":
-        path = Path(directory) / CONFIG_FILE
-        target = adapter_file(
-            directory, CONFIG_FILE, missing=f" A PARA adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}."
-        )
-        try:
-            with open(target, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise PARAConfigError(f"{path}: cannot be read ({clip(exc)}).") from exc
+        return cls.from_bytes(read_config_bytes(directory), Path(directory) / CONFIG_FILE)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | Path) -> "PARAConfig":
+        """Parse and validate a config's bytes (`path` only names it in messages)."""
         if len(data) > MAX_CONFIG_BYTES:
             raise PARAConfigError(
                 f"{path}: too large (over {MAX_CONFIG_BYTES} bytes); a PARA config is a few hundred bytes."
@@ -240,6 +283,20 @@ class PARAConfig(ModelShape):
             raise PARAConfigError(f"{path}: invalid PARA config: {problems}") from exc
         except RecursionError as exc:
             raise PARAConfigError(f"{path}: invalid PARA config: nested too deeply") from exc
+
+
+def read_config_bytes(directory: str | Path) -> bytes:
+    """`para_config.json`'s bytes, read once (`read_adapter_bytes`)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return read_adapter_bytes(directory, CONFIG_FILE, MAX_CONFIG_BYTES,
+                                  missing=f" A PARA adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    except PARAConfigError as exc:
+        if "too large" in str(exc):
+            raise PARAConfigError(
+                f"{path}: too large (over {MAX_CONFIG_BYTES} bytes); a PARA config is a few hundred bytes."
+            ) from None
+        raise
 
 
 def _json_kind(value: Any) -> str:

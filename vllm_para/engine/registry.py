@@ -1,7 +1,9 @@
 """Registered PARA adapters: validated once, kept (in workers) in host memory.
 
-Every (name, version) is read from disk, validated and kept in host memory
-once, when it is registered; nothing reads its files again. The VG runs only
+Every (name, version) is read from disk once, when it is registered (in the API
+server; the workers get its bytes over `collective_rpc` and never open the
+files), validated and, in workers, kept in host memory; nothing reads its files
+again. The VG runs only
 at prefill, so only the adapters of the prompts in the current step must be
 resident on the device: slots are filled from host memory on demand and
 swapped least-recently-used; a step that needs more adapters than there are
@@ -13,10 +15,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from vllm_para.adapter import load_adapter
+from vllm_para.adapter import DEFAULT_READ_TIMEOUT_S, AdapterFiles, parse_adapter, read_adapter_files
 from vllm_para.config import WEIGHTS_FILE, ModelShape, PARAConfig
 from vllm_para.core import VGWeights
 
@@ -30,22 +31,13 @@ class AdapterRejected(ValueError):
     """An adapter cannot be registered (invalid, too large, name taken); the message says why."""
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of the adapter's weights file: frontend and workers check they read the same bytes."""
-    h = hashlib.sha256()
-    with open(Path(path) / WEIGHTS_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class RegisteredAdapter:
     name: str
     path: str
     config: PARAConfig
     version: int  # bumps when a name is re-registered, so stale slots are never reused
-    digest: str = ""  # sha256 of the weights file as read at registration
+    digest: str = ""  # sha256 of the weights bytes validated at registration
     weights: VGWeights | None = field(default=None, compare=False, repr=False)  # host copy (workers)
 
     @property
@@ -73,9 +65,11 @@ class AdapterRegistry:
         modules: dict[str, str] | None = None,
         max_rank: int | None = None,
         prepare_weights: Callable[[VGWeights, PARAConfig], VGWeights] | None = None,
+        read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         self.shape = shape
         self.max_rank = max_rank
+        self.read_timeout_s = read_timeout_s
         self.prepare_weights = prepare_weights  # None: validate only, keep no weights (frontend)
         self._active: dict[str, RegisteredAdapter] = {}
         self._all: dict[tuple[str, int], RegisteredAdapter] = {}
@@ -86,16 +80,19 @@ class AdapterRegistry:
             self.add(name, path)
 
     def load(self, name: str, path: str, version: int | None = None, digest: str | None = None,
-             replace: bool = False) -> RegisteredAdapter:
-        """Read and validate the adapter; reserve `name`. Not selectable until `publish`.
-        `replace`: a name that is active may be loaded again (workers: the API server decides)."""
+             replace: bool = False, files: AdapterFiles | None = None) -> RegisteredAdapter:
+        """Validate the adapter (its `files`, or the directory `path` read once now); reserve
+        `name`. Not selectable until `publish`. `replace`: a name that is active may be loaded
+        again (workers: the API server decides)."""
         with self._lock:
             if (name in self._active and not replace) or name in self._pending:
                 where = self._active[name].path if name in self._active else "a load in progress"
                 raise AdapterRejected(f"PARA adapter {name!r} is already loaded (from {where}); unload it first.")
             self._pending.add(name)
         try:
-            entry = self._read(name, path, version, digest)
+            if files is None:
+                files = read_adapter_files(path, self.read_timeout_s)
+            entry = self._read(name, path, version, digest, files)
         except BaseException:
             with self._lock:
                 self._pending.discard(name)
@@ -104,13 +101,13 @@ class AdapterRegistry:
             self._all[(name, entry.version)] = entry
         return entry
 
-    def _read(self, name: str, path: str, version: int | None, digest: str | None) -> RegisteredAdapter:
-        adapter = load_adapter(path, base_shape=self.shape)  # raises with file/tensor details
-        after = file_digest(path)  # the frontend's digest travels to the workers, which compare theirs
+    def _read(self, name: str, path: str, version: int | None, digest: str | None,
+              files: AdapterFiles) -> RegisteredAdapter:
+        adapter = parse_adapter(files, base_shape=self.shape)  # raises with file/tensor details
+        after = hashlib.sha256(files.weights).hexdigest()  # of the bytes validated here, not the sender's word
         if digest is not None and digest != after:
             raise AdapterRejected(
-                f"{path}: {WEIGHTS_FILE} differs from the file the server validated (it was rewritten "
-                "during the load); retry the load."
+                f"{path}: {WEIGHTS_FILE} differs from the bytes the server validated; retry the load."
             )
         config = adapter.config
         if self.max_rank is not None and config.r > self.max_rank:
@@ -137,8 +134,8 @@ class AdapterRegistry:
                 self._all.pop((entry.name, entry.version), None)
 
     def add(self, name: str, path: str, version: int | None = None, digest: str | None = None,
-            replace: bool = False) -> RegisteredAdapter:
-        entry = self.load(name, path, version, digest, replace)
+            replace: bool = False, files: AdapterFiles | None = None) -> RegisteredAdapter:
+        entry = self.load(name, path, version, digest, replace, files)
         self.publish(entry)
         return entry
 

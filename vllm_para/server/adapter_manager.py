@@ -2,11 +2,12 @@
 wait for in-flight requests, and first-use loading from `--para-adapter-dir`
 with a bounded host cache (`--max-cpu-para-adapters`).
 
-Load: the API server validates the adapter (every tensor, base-model fit,
-`--max-para-rank`) without publishing it; every worker then reads it, checks
-it (same checks, plus the file's sha256 against the API server's) and keeps it
-in host memory; only when all have it is the name published. A failure on any
-worker rolls the load back on all of them.
+Load: the API server reads the adapter's files once (O_NOFOLLOW | O_NONBLOCK,
+checks on the open descriptor, within `--para-load-timeout`), validates those
+bytes (every tensor, base-model fit, `--max-para-rank`) without publishing the
+name, and sends the same bytes to every worker, which checks them again and
+keeps the adapter in host memory (no worker opens a file); only when all have it
+is the name published. A failure on any worker rolls the load back on all of them.
 
 Unload: the name stops being selectable at once; requests admitted before
 finish under the version they were admitted with, and the workers forget that
@@ -30,6 +31,7 @@ import weakref
 from collections import OrderedDict
 from pathlib import Path
 
+from vllm_para.adapter import read_adapter_files
 from vllm_para.engine.frontend.admission import FrontendState
 from vllm_para.engine.frontend.settings import adapter_name_problem
 from vllm_para.engine.registry import (
@@ -69,14 +71,19 @@ class AdapterManager:
 
     async def _load_locked(self, name: str, path: str) -> RegisteredAdapter:
         registry = self.state.registry
-        try:  # full validation (config, every tensor, base-model fit, max rank); not yet selectable
-            entry = await asyncio.to_thread(registry.load, name, path)
+        try:
+            # The adapter's bytes are read once, here, off the event loop and within
+            # --para-load-timeout; the workers get these bytes and never open the files, so
+            # nothing on the engine's step path waits on a file system.
+            files = await asyncio.to_thread(read_adapter_files, path, registry.read_timeout_s)
+            # full validation (config, every tensor, base-model fit, max rank); not yet selectable
+            entry = await asyncio.to_thread(registry.load, name, path, files=files)
         except AdapterRejected as exc:
             raise AdapterLoadError(str(exc)) from None
         except Exception as exc:
             raise AdapterLoadError(f"Cannot load PARA adapter {name!r} from {path[:300]}: {exc}") from None
         try:
-            await self.client.collective_rpc("para_add_adapter", args=(name, entry.path, entry.version, entry.digest))
+            await self.client.collective_rpc("para_add_adapter", args=(name, files.to_wire(), entry.version))
         except Exception as exc:
             registry.abandon(entry)
             try:  # roll back the workers that did load it
@@ -118,10 +125,13 @@ class AdapterManager:
         root = self.state.settings.adapter_dir
         if root is None or adapter_name_problem(name):
             return None
-        base = Path(os.path.realpath(root))
-        candidate = Path(os.path.realpath(base / name))
-        if candidate.parent != base or not candidate.is_dir():
-            return None  # missing, or a symlink pointing out of DIR
+        try:
+            base = Path(os.path.realpath(root))
+            candidate = Path(os.path.realpath(base / name))
+            if candidate.parent != base or not candidate.is_dir():
+                return None  # missing, or a symlink pointing out of DIR
+        except (OSError, ValueError):  # a name the file system refuses (too long, ...): not an adapter there
+            return None
         return candidate
 
     async def resolve(self, name: str) -> bool:

@@ -23,6 +23,8 @@ HELP = {
     "(validated like a start-up adapter; 404 if absent, 400 if invalid).",
     "max_cpu_para_adapters": "Host-cache bound for adapters loaded from --para-adapter-dir (least recently used "
     "first, never one with requests in flight); unbounded when unset.",
+    "para_load_timeout": "Seconds allowed to read one adapter's files (admin or first-use load); a read that "
+    "takes longer (a stuck network mount) fails that load with 400, other requests go on; 5 when unset.",
     "max_para_pages": "Side-buffer pages: sequences holding PARA vectors, running or preempted (a PARA request "
     "waits for a free page); 2 x --max-num-seqs when unset.",
 }
@@ -33,6 +35,7 @@ VALUE_FLAGS: dict[str, tuple[str, type]] = {
     "para-adapter-dir": ("adapter_dir", str),
     "max-cpu-para-adapters": ("max_cpu_adapters", int),
     "max-para-pages": ("max_pages", int),
+    "para-load-timeout": ("load_timeout_s", float),
 }
 
 

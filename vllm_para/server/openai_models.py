@@ -9,7 +9,7 @@ import functools
 from http import HTTPStatus
 
 from vllm_para.engine.frontend.admission import frontend_registry
-from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
+from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY, adapter_name_problem
 
 # The PARA adapter the current HTTP request selected (each request runs in its own task):
 # by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
@@ -61,11 +61,20 @@ async def _resolve_first_use(serving, request):
         names.append(("vllm_xargs.para_adapter", xargs[REQUEST_ADAPTER_KEY]))
     manager = manager_of(state, client)
     for field, name in names:
+        if serving.models.is_base_model(name) or name in serving.models.lora_requests:
+            return serving.create_error_response(
+                f"{field} {name[:80]!r} names the base model (or a LoRA adapter), not a PARA adapter; omit "
+                f"{field} to use the base model.", param=field,
+            )
         if name in (".", "..") or "/" in name or "\\" in name:
             return serving.create_error_response(
                 f"{field} {name[:80]!r} is not an adapter name: names under --para-adapter-dir cannot contain "
                 "'/', '\\' or be '.' / '..'.", param=field,
             )
+        problem = adapter_name_problem(name)
+        if problem:  # e.g. over the file system's 255-byte name limit: refused before any path is built
+            return serving.create_error_response(f"{field} {name[:80]!r} is not an adapter name: it {problem}.",
+                                                 param=field)
         try:
             await manager.resolve(name)
         except AdapterLoadError as exc:

@@ -192,7 +192,8 @@ def check_engine_config(vllm_config, settings: PARASettings) -> None:
     sched.scheduler_cls = ASYNC_SCHEDULER_QUALNAME if sched.async_scheduling else SCHEDULER_QUALNAME
     _keep_vg_out_of_cuda_graphs(vllm_config)
     shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config)
-    registry = AdapterRegistry(shape, max_rank=settings.max_rank)  # validates only; workers keep the weights
+    # validates only; workers keep the weights
+    registry = AdapterRegistry(shape, max_rank=settings.max_rank, read_timeout_s=settings.load_timeout_s)
     if settings.adapter_dir is not None and not os.path.isdir(settings.adapter_dir):
         raise PARASettingsError(
             f"--para-adapter-dir {settings.adapter_dir!r} is not a directory; create it or fix the path."

@@ -19,7 +19,7 @@ REQUEST_POOL_LEN_KEY = "para_prompt_len"  # pool over the first N prompt tokens 
 REQUEST_VERSION_KEY = "para_version"  # which load of the adapter admitted the request
 REQUEST_CACHE_KEY = "para_cache_key"  # prefix-cache key: adapter name + load version
 INTERNAL_KEYS = (REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, REQUEST_CACHE_KEY)
-MAX_ADAPTER_NAME_LEN = 256
+MAX_ADAPTER_NAME_LEN = 255  # characters, and bytes in UTF-8: a name is one path component under --para-adapter-dir
 
 
 class PooledPrefix(int):
@@ -29,12 +29,29 @@ class PooledPrefix(int):
     client-sent `para_prompt_len` is refused at admission."""
 
 
+def path_component_problem(name: str) -> str | None:
+    """Why `name` cannot be one file name on this file system (None when it can): the byte
+    length limit (NAME_MAX, 255 on Linux), NUL, text that is not UTF-8 (lone surrogates)."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if "\x00" in name:
+        return "must not contain NUL"
+    if size > MAX_ADAPTER_NAME_LEN:
+        return f"must be at most {MAX_ADAPTER_NAME_LEN} bytes in UTF-8 (one file name), got {size} bytes"
+    return None
+
+
 def adapter_name_problem(name) -> str | None:
     """Why `name` cannot be a PARA adapter name (None when it can)."""
     if not isinstance(name, str):
         return f"must be a string, got {type(name).__name__}"
     if not name or len(name) > MAX_ADAPTER_NAME_LEN:
         return f"must have 1..{MAX_ADAPTER_NAME_LEN} characters, got {len(name)}"
+    problem = path_component_problem(name)
+    if problem:
+        return problem
     if any(c.isspace() or not c.isprintable() for c in name) or "=" in name or "/" in name or "\\" in name:
         return "must not contain whitespace, control characters, '=', '/' or '\\'"
     if name in (".", ".."):
@@ -64,6 +81,10 @@ class PARASettings(BaseModel):
         default=None, ge=1, le=1 << 20,
         description="host-cache bound for adapters loaded from adapter_dir (LRU; none with requests in flight "
         "is evicted); unbounded when unset",
+    )
+    load_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="deadline for reading one adapter's files (a stuck mount fails that load, nothing else)",
     )
     max_pages: int | None = Field(
         default=None, ge=1, le=1 << 20,

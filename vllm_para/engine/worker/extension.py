@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vllm_para.adapter import AdapterFiles
 from vllm_para.engine.worker.runtime import PARARuntime, runtime_of
 
 EXTENSION_QUALNAME = "vllm_para.engine.worker.extension.PARAWorkerExtension"
@@ -25,9 +26,11 @@ class PARAWorkerExtension:
         runtime = runtime_of(getattr(self, "model_runner", None))
         return runtime.stats() if runtime is not None else {}
 
-    def para_add_adapter(self, name: str, path: str, version: int, digest: str | None = None) -> int:
-        """Read, validate (same checks as the frontend, plus the file digest) and keep in host memory."""
-        return self._para_runtime().add_adapter(name, path, version, digest)
+    def para_add_adapter(self, name: str, files: list, version: int) -> int:
+        """Validate the adapter's bytes as the API server read them (`AdapterFiles.to_wire`; same
+        checks, plus their digest) and keep it in host memory. No file is opened here: this runs
+        between engine steps, and a worker on another node needs no access to the files."""
+        return self._para_runtime().add_adapter(name, AdapterFiles.from_wire(files), version)
 
     def para_remove_adapter(self, name: str, version: int) -> None:
         """Forget (name, version): called once no request uses it (or to roll back a failed load)."""

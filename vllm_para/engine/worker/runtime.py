@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from vllm_para.adapter import AdapterFiles
 from vllm_para.config import WHOLE_PROMPT_POOLINGS, ModelShape, PARAConfig
 from vllm_para.core import VGWeights, expand_to_all_targets
 from vllm_para.engine.frontend.settings import (
@@ -87,11 +88,11 @@ class PARARuntime:
         }
 
     # ---------------------------------------------------------------- adapters
-    def add_adapter(self, name: str, path: str, version: int, digest: str | None) -> int:
-        """Read, validate and keep in host memory (name, version); selectable at once.
-        The API server is authoritative for names: a newer version of a name that was
-        unloaded there (and still drains here) replaces it as the active one."""
-        return self.registry.add(name, path, version, digest, replace=True).version
+    def add_adapter(self, name: str, files: AdapterFiles, version: int) -> int:
+        """Validate `files` (the bytes the API server read) and keep (name, version) in host
+        memory; selectable at once. The API server is authoritative for names: a newer version
+        of a name that was unloaded there (and still drains here) replaces it as the active one."""
+        return self.registry.add(name, files.directory, version, files.digest, replace=True, files=files).version
 
     def remove_adapter(self, name: str, version: int) -> None:
         """Forget exactly (name, version): the API server calls this once no request uses
@@ -214,7 +215,8 @@ def install_runtime(model: torch.nn.Module, vllm_config, settings: PARASettings,
     wrap_layers(model, pages, layout.qkv_width, layout.width)
     # Read and validated once here; slot fills copy from this host copy, never from disk.
     prepare = host_weights_preparer(layout, (first, end), pin=torch.device(device).type == "cuda")
-    registry = AdapterRegistry(shape, settings.modules, max_rank=settings.max_rank, prepare_weights=prepare)
+    registry = AdapterRegistry(shape, settings.modules, max_rank=settings.max_rank, prepare_weights=prepare,
+                               read_timeout_s=settings.load_timeout_s)
     slots = AdapterSlots(registry, settings.max_adapters, settings.max_rank, layout.width, device,
                          num_layers=end - first)
     _, _, decoder_layers = local_layers(model)
