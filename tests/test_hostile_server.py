@@ -18,6 +18,16 @@ import pytest
 import requests
 
 from engine_support import PROMPTS, token_prompts
+from hostile_cases import (
+    BAD_UNLOADS,
+    FIRST_USE_BAD_NAMES,
+    HOSTILE_MODEL_NAMES,
+    HOSTILE_XARGS,
+    LONG_NAME_IDS,
+    LONG_NAMES,
+    bad_admin_load_bodies,
+    field_type_bodies,
+)
 from server_support import Server
 
 pytestmark = pytest.mark.server
@@ -93,35 +103,6 @@ def _refused(r: requests.Response, status: int | tuple[int, ...], *words: str) -
     return message
 
 
-HUGE = "x" * 10_000
-
-# (vllm_xargs, model or None for the base, expected status, words in the message)
-HOSTILE_XARGS = [
-    ({"para_prompt_len": 100000}, "sql", 400, ["para_prompt_len", "reserved"]),
-    ({"para_prompt_len": -1}, "sql", 400, ["para_prompt_len", "reserved"]),
-    ({"para_prompt_len": "abc"}, "sql", 400, ["para_prompt_len", "reserved"]),
-    ({"para_prompt_len": 2}, "sql", 400, ["para_prompt_len", "reserved"]),
-    ({"para_prompt_len": 3}, None, 400, ["para_prompt_len", "reserved"]),
-    ({"para_version": 1}, "sql", 400, ["para_version", "reserved"]),
-    ({"para_version": "zzz"}, "qa", 400, ["para_version", "reserved"]),
-    ({"para_cache_key": "qa@1:x"}, "sql", 400, ["para_cache_key", "reserved"]),
-    ({"para_cache_key": HUGE}, None, 400, ["para_cache_key", "reserved"]),
-    ({"para_adapter": 123}, None, 400, ["para_adapter"]),
-    ({"para_adapter": 1.5}, None, 400, ["para_adapter"]),
-    ({"para_adapter": True}, None, 400, ["para_adapter"]),
-    ({"para_adapter": ["sql"]}, None, 400, []),
-    ({"para_adapter": {"a": 1}}, None, 400, []),
-    ({"para_adapter": ""}, None, 400, ["para_adapter"]),
-    ({"para_adapter": HUGE}, None, 400, ["para_adapter", "characters"]),
-    ({"para_adapter": "sq l"}, None, 400, ["para_adapter"]),
-    ({"para_adapter": "../sql"}, None, 400, ["para_adapter"]),
-    ({"para_adapter": "\x00"}, None, 400, ["para_adapter"]),
-    ({"para_adapter": "ünïcødé-名前"}, None, 404, ["not loaded", "Available adapters"]),
-    ({"para_adapter": "qa"}, "sql", 400, ["name different PARA adapters"]),
-    ({"para_adapter": "nope"}, None, 404, ["Available adapters"]),
-]
-
-
 @pytest.mark.parametrize("xargs, model, status, words", HOSTILE_XARGS, ids=[str(i) for i in range(len(HOSTILE_XARGS))])
 def test_hostile_vllm_xargs(server, fixed_output, tiny_llama, xargs, model, status, words):
     for path, body in (
@@ -134,7 +115,7 @@ def test_hostile_vllm_xargs(server, fixed_output, tiny_llama, xargs, model, stat
     _still_fine(server, fixed_output)
 
 
-@pytest.mark.parametrize("model", [HUGE, "ünïcødé", "sql\n", "../../etc/passwd", "a" * 257, "SQL"])
+@pytest.mark.parametrize("model", HOSTILE_MODEL_NAMES)
 def test_hostile_model_names(server, fixed_output, model):
     r = server.post("/v1/completions", _body(model, PROMPTS[1]))
     assert r.status_code in (400, 404), r.text[:300]
@@ -143,14 +124,7 @@ def test_hostile_model_names(server, fixed_output, model):
 
 
 def test_hostile_field_types(server, fixed_output, tiny_llama):
-    for body in (
-        _body("sql", PROMPTS[1], vllm_xargs="para_adapter=sql"),
-        _body("sql", PROMPTS[1], vllm_xargs=["para_adapter"]),
-        _body("sql", PROMPTS[1], max_tokens=-1),
-        _body("sql", PROMPTS[1], n="two"),
-        {"model": 5, "prompt": PROMPTS[1]},
-        _body("sql", PROMPTS[1], vllm_xargs={"para_adapter": "sql", "para_prompt_len": [1, 2]}),
-    ):
+    for body in field_type_bodies(_body, PROMPTS[1]):
         r = server.post("/v1/completions", body)
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text[:300])
     _still_fine(server, fixed_output)
@@ -206,22 +180,11 @@ def test_runtime_load_rank_above_max_refused(server, fixed_output, tiny_llama, t
 
 
 def test_runtime_load_bad_admin_calls(server, fixed_output, adapters):
-    for body in (
-        {"para_name": "a/b", "para_path": adapters["sql"]},
-        {"para_name": "", "para_path": adapters["sql"]},
-        {"para_name": HUGE[:5000], "para_path": adapters["sql"]},
-        {"para_name": "x", "para_path": HUGE[:5000]},
-        {"para_name": "x", "para_path": ""},
-        {"para_name": 5, "para_path": adapters["sql"]},
-        {"para_name": "x"},
-        {"para_name": "x", "para_path": adapters["sql"], "extra": 1},
-        {"para_name": "sql", "para_path": adapters["sql"]},  # already loaded
-        {"para_name": "x", "para_path": "/nonexistent/dir"},
-    ):
+    for body in bad_admin_load_bodies(adapters["sql"]):
         r = server.post("/v1/load_para_adapter", body)
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text[:300])
-    assert _unload(server, "never-loaded").status_code == 404
-    assert server.post("/v1/unload_para_adapter", {"para_name": 5}).status_code in (400, 422)
+    for body, statuses in BAD_UNLOADS:
+        assert server.post("/v1/unload_para_adapter", body).status_code in statuses
     _still_fine(server, fixed_output)
 
 
@@ -321,10 +284,7 @@ def test_fuzzed_adapter_dirs_refused_at_runtime_load(server, fixed_output, adapt
 
 
 # Over the file system's name limit (255 bytes in UTF-8): answered 500 from an OSError before.
-LONG_NAMES = ["L" * 256, "\u00e9" * 200, "\u20ac" * 86]
-
-
-@pytest.mark.parametrize("name", LONG_NAMES, ids=["ascii-256", "e-acute-200", "euro-86"])
+@pytest.mark.parametrize("name", LONG_NAMES, ids=LONG_NAME_IDS)
 def test_names_over_the_file_name_limit_are_400(server, fixed_output, tiny_llama, name):
     _refused(server.post("/v1/completions", _body(name, PROMPTS[0])), 400, "255")
     _refused(server.post("/v1/chat/completions", {"model": name, "max_tokens": 2,
@@ -446,7 +406,7 @@ def test_first_use_loads_once_and_is_exact(server, fixed_output, tiny_llama, ada
 
 
 def test_first_use_refusals(server, fixed_output, tiny_llama, adapter_dir):
-    for name in ("../sql", "t1/../t2", "..", "a\\b"):
+    for name in FIRST_USE_BAD_NAMES:
         _refused(server.post("/v1/completions", _body(name, PROMPTS[0])), 400)
     _refused(server.post("/v1/completions", _body("escape", PROMPTS[0])), 404)  # symlink out of the dir
     _refused(server.post("/v1/completions", _body("nothere", PROMPTS[0])), 404, "nothere")
