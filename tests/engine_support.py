@@ -141,3 +141,17 @@ def generate_counting_preemptions(llm, batch, max_tokens, **kwargs):
     )
     preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions" and hasattr(m, "value"))
     return outs, preemptions, para_stats(llm)["pages_in_use"]
+
+
+def peft_greedy_and_logprobs(model, ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+    """PEFT's own greedy continuation of `ids` and the logprob of each generated token."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                             pad_token_id=0)
+        tokens = out[0, len(ids):].tolist()
+        logits = model(input_ids=out).logits[0].float()
+    logprobs = torch.log_softmax(logits[len(ids) - 1:-1], dim=-1)
+    return tokens, logprobs.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).tolist()

@@ -271,7 +271,7 @@ def test_read_past_the_deadline_fails_that_load(good_adapter, monkeypatch):
     from vllm_para import adapter
 
     release = threading.Event()
-    monkeypatch.setattr(adapter, "_read_files", lambda directory: release.wait(30))
+    monkeypatch.setattr(adapter, "_read_files", lambda directory, kind=None: release.wait(30))
     began = time.monotonic()
     with pytest.raises(adapter.PARAAdapterError, match=r"took longer than 0.3 s.*--para-load-timeout"):
         adapter.read_adapter_files(good_adapter, timeout_s=0.3)

@@ -58,16 +58,9 @@ def _shape(path) -> ModelShape:
 
 
 def make_ia3(base_path, directory, seed=0, **config):
-    """A PEFT (IA)^3 adapter on `base_path` with random vectors (1 + 0.3 randn: PEFT
-    initialises them to ones), saved with save_pretrained. Returns PEFT's model."""
-    model = peft.get_peft_model(_base(base_path), peft.IA3Config(task_type="CAUSAL_LM", **config))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ia3_l" in name:
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
-    model.save_pretrained(str(directory))
-    return model.eval()
+    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+
+    return build_random_ia3_adapter(base_path, directory, seed=seed, **config)
 
 
 def _reference(base_path, adapters: dict):

@@ -25,7 +25,7 @@ import itertools
 import pytest
 import torch
 
-from engine_support import chosen_logprobs, greedy_params, logprob_conditioning, make_llm
+from engine_support import chosen_logprobs, greedy_params, logprob_conditioning, make_llm, peft_greedy_and_logprobs
 
 pytestmark = pytest.mark.engine
 
@@ -42,6 +42,7 @@ SPECS = {
     "all_mean_r8_strong": (ALL, "mean", 8, STRONG),
     "all_meanskip_r8_strong": (ALL, "mean_skip_first", 8, STRONG),
 }
+IA3 = "ia3_default"  # a PEFT (IA)^3 adapter (PEFT's default Llama targets: k, v, down as feed-forward)
 QUESTIONS = [
     "What is the capital of France?",
     "Passage: Mira Tollan was born in the town of Drosvik and later moved to Pellin to work as a baker. "
@@ -55,7 +56,7 @@ FLOOR, FACTOR = 1e-4, 3.0
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory):
     from vllm_para.base_model import ensure_base
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from vllm_para.testing.tiny_models import build_random_adapter, build_random_ia3_adapter
 
     base = ensure_base()
     directory = tmp_path_factory.mktemp("real_adapters")
@@ -64,7 +65,9 @@ def real_base(tmp_path_factory):
                                        down_std=scale[0], up_std=scale[1]))
         for name, (t, p, r, scale) in SPECS.items()
     }
-    return base, adapters
+    peft_model = build_random_ia3_adapter(base, directory / IA3, seed=5)
+    adapters[IA3] = str(directory / IA3)
+    return base, adapters, peft_model
 
 
 def test_real_base_mixed_batch_matches_reference(real_base):
@@ -72,12 +75,12 @@ def test_real_base_mixed_batch_matches_reference(real_base):
 
     from vllm_para.training.reference import PARAReferenceModel
 
-    base, adapters = real_base
+    base, adapters, peft_model = real_base
     tok = AutoTokenizer.from_pretrained(str(base))
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
                for q in QUESTIONS]
     prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
-    batch = list(itertools.product(prompts, [*SPECS, None]))
+    batch = list(itertools.product(prompts, [*SPECS, IA3, None]))
     llm = make_llm(base, adapters, max_model_len=1024)
     try:
         outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in batch],
@@ -86,12 +89,12 @@ def test_real_base_mixed_batch_matches_reference(real_base):
         del llm
     got = [list(o.outputs[0].token_ids) for o in outs]
     # the base answers the first question the way the model card says it does
-    assert "Paris" in tok.decode(got[len(SPECS)]), tok.decode(got[len(SPECS)])
+    assert "Paris" in tok.decode(got[len(SPECS) + 1]), tok.decode(got[len(SPECS) + 1])
 
     ref = PARAReferenceModel.from_pretrained(base, adapters=adapters)
     want = ref.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
     for (ids, name), g, w in zip(batch, got, want):
-        if name and SPECS[name][3] is STRONG:
+        if name in SPECS and SPECS[name][3] is STRONG:
             continue
         assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
     assert len({tuple(g) for g in got}) > len(prompts), "adapters changed nothing"
@@ -105,6 +108,12 @@ def test_real_base_mixed_batch_matches_reference(real_base):
     for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
         err = gap(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name))
         rows.append((name, err, c, max(FLOOR, FACTOR * c)))
+    # the (IA)^3 rows against PEFT's own (unmerged) model
+    for (ids, name), out, g, (_, _, c, tol) in zip(batch, outs, got, rows):
+        if name == IA3:
+            want_ids, want_lp = peft_greedy_and_logprobs(peft_model, ids, MAX_TOKENS)
+            assert g == want_ids, f"(IA)^3 on the real base: {tok.decode(g)!r} vs PEFT {tok.decode(want_ids)!r}"
+            assert chosen_logprobs(out.outputs[0]) == pytest.approx(want_lp, abs=tol)
     report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
     print(report)
     for name, err, conditioning, tol in rows:

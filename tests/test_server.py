@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from engine_support import PROMPTS, token_prompts
+from engine_support import PROMPTS, peft_greedy_and_logprobs, token_prompts
 from server_support import Server, vllm_command
 
 pytestmark = pytest.mark.server
@@ -18,8 +18,17 @@ MAX_TOKENS = 10
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama, adapters, tmp_path_factory):
-    modules = [f"{name}={path}" for name, path in adapters.items() if name != "tone"]
+def ia3_adapter(tiny_llama, tmp_path_factory):
+    """A PEFT (IA)^3 adapter (PEFT's default Llama targets), served beside the PARA ones."""
+    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+
+    directory = tmp_path_factory.mktemp("ia3") / "ia3"
+    return directory, build_random_ia3_adapter(tiny_llama, directory, seed=3)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, adapters, ia3_adapter, tmp_path_factory):
+    modules = [f"{name}={path}" for name, path in adapters.items() if name != "tone"] + [f"ia3={ia3_adapter[0]}"]
     srv = Server(
         tiny_llama,
         ["--enable-para", "--para-modules", *modules, "--max-para-adapters", "2"],
@@ -54,8 +63,15 @@ def _stream_text(server, path, body):
 def test_models_lists_adapters_with_parent(server, tiny_llama):
     data = server.get("/v1/models").json()["data"]
     cards = {m["id"]: m for m in data}
-    assert cards["sql"]["parent"] == cards["qa"]["parent"] == str(tiny_llama)
+    assert cards["sql"]["parent"] == cards["qa"]["parent"] == cards["ia3"]["parent"] == str(tiny_llama)
     assert str(tiny_llama) in cards
+    assert cards["sql"]["metadata"] == {"kind": "para"} and cards["ia3"]["metadata"] == {"kind": "ia3"}
+
+
+def test_ia3_adapter_over_http_equals_peft(server, tiny_llama, ia3_adapter):
+    for ids, prompt in zip(token_prompts(tiny_llama, PROMPTS[:2]), PROMPTS[:2]):
+        want, _ = peft_greedy_and_logprobs(ia3_adapter[1], ids, MAX_TOKENS)
+        assert _complete(server, "ia3", prompt)["choices"][0]["token_ids"] == want
 
 
 def test_completions_equal_reference(server, reference, tiny_llama):
@@ -155,7 +171,7 @@ def test_unknown_model_404_names_available(server):
     assert err["type"] == "NotFoundError" and "nope" in err["message"] and "'qa'" in err["message"] and "'sql'" in err["message"]
     base = server.get("/v1/models").json()["data"][0]["id"]
     r = server.post("/v1/completions", {"model": base, "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "zzz"}})
-    assert r.status_code == 404 and "Available adapters: ['qa', 'sql']" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "Available adapters: ['ia3', 'qa', 'sql']" in r.json()["error"]["message"]
     r = server.post("/v1/completions", {"model": "sql", "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "qa"}})
     assert r.status_code == 400 and "name different PARA adapters" in r.json()["error"]["message"]
 
@@ -178,13 +194,13 @@ def test_runtime_load_serve_unload_cycle(server, adapters, tmp_path):
     assert "tone" in {m["id"] for m in server.get("/v1/models").json()["data"]}
     out = _complete(server, "tone", PROMPTS[2])
     assert out["model"] == "tone" and len(out["choices"][0]["token_ids"]) == MAX_TOKENS
-    assert _wait_metric(server, "vllm_para:adapters_loaded", 3.0)
+    assert _wait_metric(server, "vllm_para:adapters_loaded", 4.0)
     assert server.metric("vllm_para:requests_total", '{adapter="tone"}') >= 1
     assert server.metric("vllm_para:generation_tokens_total", '{adapter="tone"}') >= MAX_TOKENS
     assert server.post("/v1/unload_para_adapter", {"para_name": "tone"}).status_code == 200
     assert server.post("/v1/completions", {"model": "tone", "prompt": "hi", "max_tokens": 2}).status_code == 404
     assert server.post("/v1/unload_para_adapter", {"para_name": "tone"}).status_code == 404
-    assert _wait_metric(server, "vllm_para:adapters_loaded", 2.0)
+    assert _wait_metric(server, "vllm_para:adapters_loaded", 3.0)
     assert _complete(server, "sql", PROMPTS[0])["choices"][0]["token_ids"]  # others untouched
 
 
@@ -240,6 +256,6 @@ def test_sigterm_clean_shutdown(server):
     code = server.stop(timeout=60)
     assert code == 0, server.log_tail()
     assert time.monotonic() - start < 60
-    assert "PARA enabled: 2 adapters registered ['qa', 'sql'] (host memory" in server.log.read_text()
+    assert "PARA enabled: 3 adapters registered ['ia3', 'qa', 'sql'] (host memory" in server.log.read_text()
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from .config import (
-    CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip, read_adapter_bytes,
+    CONFIG_FILE, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip, read_adapter_bytes,
     read_config_bytes,
 )
 from .core import DOWN, UP, UP_BIAS, VGWeights, tensor_name
@@ -84,6 +84,7 @@ class AdapterFiles:
     config: bytes
     weights: bytes
     digest: str
+    kind: str = "para"  # "para" (para_config.json) or "ia3" (PEFT adapter_config.json, peft_type IA3)
 
     @property
     def nbytes(self) -> int:
@@ -91,32 +92,36 @@ class AdapterFiles:
 
     def to_wire(self) -> list:
         """Plain values for `collective_rpc` (vLLM's msgpack encoder, no pickle)."""
-        return [self.directory, self.config, self.weights, self.digest]
+        return [self.directory, self.config, self.weights, self.digest, self.kind]
 
     @classmethod
     def from_wire(cls, wire) -> "AdapterFiles":
-        directory, config, weights, digest = wire
-        return cls(str(directory), bytes(config), bytes(weights), str(digest))
+        directory, config, weights, digest, kind = wire
+        if kind not in ("para", "ia3"):
+            raise PARAAdapterError(f"unknown adapter kind {clip(repr(kind))}")
+        return cls(str(directory), bytes(config), bytes(weights), str(digest), str(kind))
 
 
 DEFAULT_READ_TIMEOUT_S = 5.0
 
 
-def read_adapter_files(directory: str | Path, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S) -> AdapterFiles:
+def read_adapter_files(directory: str | Path, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
+                       kind: str | None = None) -> AdapterFiles:
     """Read an adapter directory's two files once (`config.read_adapter_bytes`: O_NOFOLLOW |
-    O_NONBLOCK, checks on the open descriptor), within `timeout_s` seconds.
+    O_NONBLOCK, checks on the open descriptor), within `timeout_s` seconds. `kind`: "para",
+    "ia3", or None to tell from the directory (a PEFT config of another type is refused).
 
     The read runs in a daemon thread: a file system that never answers (a stuck network mount)
     makes this call fail after the deadline with a `PARAAdapterError` instead of hanging the
     caller; the thread itself stays blocked in the kernel until the mount answers."""
     if timeout_s is None:
-        return _read_files(Path(directory))
+        return _read_files(Path(directory), kind)
     box: dict = {}
     done = threading.Event()
 
     def run() -> None:
         try:
-            box["files"] = _read_files(Path(directory))
+            box["files"] = _read_files(Path(directory), kind)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             box["error"] = exc
         finally:
@@ -134,7 +139,7 @@ def read_adapter_files(directory: str | Path, timeout_s: float | None = DEFAULT_
     return box["files"]
 
 
-def _read_files(directory: Path) -> AdapterFiles:
+def _read_files(directory: Path, kind: str | None = None) -> AdapterFiles:
     try:
         is_dir = directory.is_dir()
     except (OSError, RuntimeError, ValueError):  # e.g. a symlink loop, a name too long
@@ -144,15 +149,35 @@ def _read_files(directory: Path) -> AdapterFiles:
             f"{directory}: not a directory. Pass the adapter directory holding "
             f"{CONFIG_FILE} and {WEIGHTS_FILE}."
         )
-    config = read_config_bytes(directory)
-    PARAConfig.from_bytes(config, directory / CONFIG_FILE)  # a broken config is reported before the weights
+    kind, config = _read_config(directory, kind)
     path = directory / WEIGHTS_FILE
     if not path.exists() and not path.is_symlink():  # a dangling symlink is reported by adapter_file
         pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" Found {pickles}: pickle files are never loaded; convert to safetensors." if pickles else ""
         raise PARAAdapterError(f"{path}: missing.{hint}")
     weights = read_adapter_bytes(directory, WEIGHTS_FILE, MAX_WEIGHTS_BYTES, error=PARAAdapterError)
-    return AdapterFiles(str(directory), config, weights, hashlib.sha256(weights).hexdigest())
+    return AdapterFiles(str(directory), config, weights, hashlib.sha256(weights).hexdigest(), kind)
+
+
+def _read_config(directory: Path, kind: str | None) -> tuple[str, bytes]:
+    """(kind, config bytes): PARA's `para_config.json`, or PEFT's `adapter_config.json` of an
+    (IA)^3 adapter (`kind` None: the directory tells; a PEFT config of another type, e.g. LoRA,
+    is refused with the reason). The config is validated before the weights are read, so a
+    broken one is what gets reported."""
+    from . import ia3
+
+    para, peft = directory / CONFIG_FILE, directory / ia3.IA3_CONFIG
+    if kind is None:
+        has_para, has_peft = para.exists() or para.is_symlink(), peft.exists() or peft.is_symlink()
+        kind = ia3.KIND if has_peft and not has_para and ia3.is_peft_config(directory) else "para"
+    if kind == "para":
+        config = read_config_bytes(directory)
+        PARAConfig.from_bytes(config, para)
+        return "para", config
+    config = read_adapter_bytes(directory, ia3.IA3_CONFIG, MAX_CONFIG_BYTES, error=PARAAdapterError,
+                                missing=f" A PEFT (IA)^3 adapter directory holds {ia3.IA3_CONFIG} and {WEIGHTS_FILE}.")
+    ia3.parse_ia3_config(ia3.parse_json(config, str(peft)), str(directory))  # refuses other PEFT types
+    return ia3.KIND, config
 
 
 def load_adapter(
@@ -178,6 +203,13 @@ def parse_adapter(
     """Validate an adapter from its bytes (no file access): config fields, the base-model fit,
     and every tensor's presence, shape, dtype and finiteness."""
     directory = Path(files.directory)
+    if files.kind == "ia3":  # a PEFT (IA)^3 adapter, converted exactly (vllm_para/ia3.py)
+        from . import ia3
+
+        if base_shape is None:
+            raise PARAAdapterError(f"{directory}: an (IA)^3 adapter records no model shapes; pass base_shape.")
+        return ia3.parse_ia3_bytes(files.config, files.weights, base_shape, where=str(directory), dtype=dtype,
+                                   device=device).adapter
     config = PARAConfig.from_bytes(files.config, directory / CONFIG_FILE)
     if base_shape is not None:
         config.check_matches(base_shape, where=str(directory / CONFIG_FILE))

@@ -38,8 +38,10 @@ a list matches a name exactly or as a `.`-suffix; `exclude_modules` and
 targets) an adapter does not scale get vectors of ones.
 
 `ia3_to_para` is pure (a config dict and tensors in, a PARAAdapter out);
-`load_ia3_adapter` reads a directory (safetensors only: pickle `.bin`/`.pt`
-files are never opened) through the one reading function `_read_files`.
+`load_ia3_adapter` reads a directory through the shared reader
+(`adapter.read_adapter_files`: each file opened once, O_NOFOLLOW | O_NONBLOCK, with a
+deadline; safetensors only, pickle `.bin`/`.pt` files are never opened); serving reads
+the bytes in the API server and `parse_ia3_bytes` converts them in every worker.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ from .config import (
     WEIGHTS_FILE,
     ModelShape,
     PARAConfig,
-    adapter_file,
     clip,
+    read_adapter_bytes,
 )
 from .core import VGWeights
 
@@ -418,37 +420,13 @@ def ia3_to_para(
 
 # ------------------------------------------------------------------ files
 def _read_file(directory: Path, name: str, limit: int, missing: str = "") -> bytes:
-    """The bytes of the regular file `name` in an adapter directory, at most
-    `limit`. Symlinks out of the directory and non-regular files are refused."""
-    path = adapter_file(directory, name, error=PARAAdapterError, missing=missing)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise PARAAdapterError(f"{directory / name}: cannot be read ({clip(exc)}).") from exc
-    if len(data) > limit:
-        raise PARAAdapterError(f"{directory / name}: too large (over {limit} bytes) for an (IA)^3 adapter.")
-    return data
+    """The bytes of the regular file `name` in an adapter directory, at most `limit`, read once
+    through the shared safe reader (`config.read_adapter_bytes`: O_NOFOLLOW | O_NONBLOCK, checks
+    on the open descriptor; symlinks out of the directory and non-regular files are refused)."""
+    return read_adapter_bytes(directory, name, limit, error=PARAAdapterError, missing=missing)
 
 
-def _read_files(directory: str | Path) -> tuple[bytes, bytes]:
-    """The bytes of `adapter_config.json` and `adapter_model.safetensors` of an
-    (IA)^3 adapter directory. With `_read_file`, the only code here that touches
-    files: the single safe reader replaces them. Pickle files are never opened."""
-    directory = Path(directory)
-    config = _read_file(
-        directory, IA3_CONFIG, MAX_CONFIG_BYTES,
-        missing=f" A PEFT (IA)^3 adapter directory holds {IA3_CONFIG} and {IA3_WEIGHTS}.",
-    )
-    weights_path = directory / IA3_WEIGHTS
-    if not weights_path.exists() and not weights_path.is_symlink():
-        pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-        hint = f" Found {pickles}: pickle files are never loaded; save with safe_serialization=True." if pickles else ""
-        raise PARAAdapterError(f"{weights_path}: missing.{hint}")
-    return config, _read_file(directory, IA3_WEIGHTS, MAX_IA3_WEIGHTS_BYTES)
-
-
-def _parse_json(data: bytes, path: str) -> Any:
+def parse_json(data: bytes, path: str) -> Any:
     try:
         raw = json.loads(data.decode("utf-8"))
         json.dumps(raw, ensure_ascii=False).encode("utf-8")  # lone surrogates
@@ -475,17 +453,10 @@ def load_ia3_adapter(
 ) -> IA3Adapter:
     """Load, validate and convert a PEFT (IA)^3 adapter directory for a base
     model of shape `base_shape` (required: (IA)^3 files do not record it)."""
-    directory = Path(directory)
-    try:
-        is_dir = directory.is_dir()
-    except (OSError, RuntimeError):
-        is_dir = False
-    if not is_dir:
-        raise PARAAdapterError(
-            f"{directory}: not a directory. Pass the adapter directory holding {IA3_CONFIG} and {IA3_WEIGHTS}."
-        )
-    config_bytes, weights_bytes = _read_files(directory)
-    return parse_ia3_bytes(config_bytes, weights_bytes, base_shape, where=str(directory), dtype=dtype, device=device)
+    from .adapter import read_adapter_files
+
+    files = read_adapter_files(directory, kind=KIND)
+    return parse_ia3_bytes(files.config, files.weights, base_shape, where=str(directory), dtype=dtype, device=device)
 
 
 def parse_ia3_bytes(
@@ -498,7 +469,7 @@ def parse_ia3_bytes(
 ) -> IA3Adapter:
     """`load_ia3_adapter` from the two files' bytes (no file access): what a
     worker runs on the bytes the API server read. `where` is the directory."""
-    raw = _parse_json(config_bytes, f"{where}/{IA3_CONFIG}")
+    raw = parse_json(config_bytes, f"{where}/{IA3_CONFIG}")
     # refuse a bad config, or a module PARA cannot express, before parsing the weights
     plan_modules(parse_ia3_config(raw, where), base_shape.num_hidden_layers, where)
     tensors = _parse_safetensors(weights_bytes, f"{where}/{IA3_WEIGHTS}")
@@ -509,8 +480,19 @@ def _peft_type(directory: Path) -> Any:
     path = directory / IA3_CONFIG
     if not path.is_file():
         return None
-    raw = _parse_json(_read_file(directory, IA3_CONFIG, MAX_CONFIG_BYTES), str(path))
+    raw = parse_json(_read_file(directory, IA3_CONFIG, MAX_CONFIG_BYTES), str(path))
     return raw.get("peft_type") if isinstance(raw, dict) else None
+
+
+def is_peft_config(directory: str | Path) -> bool:
+    """True when `directory/adapter_config.json` names a PEFT adapter type (any; "PARA" is not
+    one: a PARA config saved under PEFT's file name is reported as a missing para_config.json).
+    Never raises."""
+    try:
+        peft_type = _peft_type(Path(directory))
+    except (PARAAdapterError, OSError, ValueError, RuntimeError):
+        return True  # unreadable: let the (IA)^3 loader say why
+    return isinstance(peft_type, str) and peft_type != "PARA"
 
 
 def is_ia3_dir(directory: str | Path) -> bool:

@@ -39,6 +39,7 @@ class RegisteredAdapter:
     version: int  # bumps when a name is re-registered, so stale slots are never reused
     digest: str = ""  # sha256 of the weights bytes validated at registration
     weights: VGWeights | None = field(default=None, compare=False, repr=False)  # host copy (workers)
+    kind: str = "para"  # "para", or "ia3": a PEFT (IA)^3 adapter served as static PARA vectors
 
     @property
     def host_bytes(self) -> int:
@@ -118,7 +119,7 @@ class AdapterRegistry:
         weights = self.prepare_weights(adapter.weights, config) if self.prepare_weights is not None else None
         with self._lock:
             self._version = max(self._version + 1, version or 0)
-            return RegisteredAdapter(name, str(path), config, version or self._version, after, weights)
+            return RegisteredAdapter(name, str(path), config, version or self._version, after, weights, files.kind)
 
     def publish(self, entry: RegisteredAdapter) -> None:
         with self._lock:
@@ -163,6 +164,13 @@ class AdapterRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._active)
+
+    def kinds(self) -> dict[str, int]:
+        """Active adapters per kind ("para", "ia3")."""
+        out: dict[str, int] = {}
+        for entry in list(self._active.values()):
+            out[entry.kind] = out.get(entry.kind, 0) + 1
+        return out
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self._active

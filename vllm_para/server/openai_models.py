@@ -162,7 +162,8 @@ def wrap_show_available_models(original):
             for name in registry.names():
                 entry = registry.get(name)
                 model_list.data.append(
-                    ModelCard(id=name, root=entry.path, parent=base, permission=[ModelPermission()])
+                    ModelCard(id=name, root=entry.path, parent=base, permission=[ModelPermission()],
+                              metadata={"kind": entry.kind})  # "para" or "ia3" (an extra field vLLM allows)
                 )
         return model_list
 

@@ -170,3 +170,21 @@ def build_random_adapter(
     weights.up = torch.randn(weights.up.shape, generator=gen) * up_std
     weights.up_bias = weights.up_bias + torch.randn(weights.up_bias.shape, generator=gen) * 0.1
     return PARAAdapter(config, weights).save(directory)
+
+
+def build_random_ia3_adapter(base_model: str | Path, directory: str | Path, seed: int = 0, **ia3_config):
+    """A PEFT (IA)^3 adapter on `base_model` with random vectors (1 + 0.3 randn; PEFT initialises
+    them to ones), written by PEFT's own `save_pretrained`. `ia3_config`: `peft.IA3Config` fields
+    (e.g. target_modules, feedforward_modules). Returns PEFT's model with the adapter applied."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32).eval()
+    model = peft.get_peft_model(base, peft.IA3Config(task_type="CAUSAL_LM", **ia3_config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ia3_l" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(str(directory))
+    return model.eval()

@@ -77,6 +77,7 @@ class PARARuntime:
             "buffer_bytes": self.pages.bytes_total,
             "bytes_per_sequence": self.pages.bytes_per_sequence,
             "adapters": self.registry.names(),
+            "adapters_by_kind": self.registry.kinds(),
             "slot_loads": self.slots.loads,
             "slots_resident": self.slots.num_resident,
             "adapter_host_bytes": self.registry.host_bytes,
