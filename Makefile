@@ -21,7 +21,7 @@ test-fast: venv  ## tests that do not start a vLLM engine
 bench: venv
 	$(PY) benchmarks/offline_throughput.py
 
-soak: venv  ## soak one real `vllm serve --enable-para` (not CI): make soak SOAK_ARGS="--requests 300"
+soak: venv  ## bounded reliability run of one real `vllm serve --enable-para` (<= 30 min, not CI): 5,000 requests, 200 first-use adapters over a host cache of 16, admin load/unload, disconnects, 5% hostile; report in benchmarks/results/soak-*/; quick: make soak SOAK_ARGS="--requests 300 --duration-limit 180"
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 # --- Do adapters help? (vllm_para.tasks): pretrained base, five tasks, adapters evaluated through vLLM

@@ -1,43 +1,59 @@
-"""Soak test of one real `vllm serve --enable-para` process.
+"""Bounded reliability run of one real `vllm serve --enable-para` (make soak).
 
-    .venv/bin/python benchmarks/soak.py                      # 5000 requests, concurrency 16 (make soak)
-    .venv/bin/python benchmarks/soak.py --requests 300       # quick run
-    .venv/bin/python benchmarks/soak.py --requests 300 --no-hostile
+    .venv/bin/python benchmarks/soak.py                                   # 5000 requests, <= 30 min
+    .venv/bin/python benchmarks/soak.py --requests 300 --duration-limit 180   # smoke
 
-Builds a tiny local Llama and 3-6 random PARA adapters, starts the server
-(`VLLM_ALLOW_RUNTIME_PARA_UPDATING=1`, 2 VG slots), then sends `--requests`
-mixed requests with `--concurrency` client threads:
+Builds a tiny local Llama, two PARA adapters named at start-up ("sql", "qa",
+as in tests/test_hostile_server.py) and a directory of 200 small random
+adapters (r 2-16, five target sets, poolings last / mean / mean_skip_first),
+then starts ONE server:
 
-- completions and chat completions, streamed and not, the base model and every
-  adapter (by `model` or by `vllm_xargs.para_adapter`), some with `n` > 1 or
-  `use_beam_search`, random `max_tokens` 1-32;
-- ~10% aborted by the client at a random moment (stream closed after a few
-  events, or a short read timeout);
-- ~5% hostile (unknown / 10 kB adapter names, `vllm_xargs` with internal keys
-  `para_prompt_len` / `para_version` / `para_cache_key`, wrong types, runtime
-  loads of broken adapter directories): each must get a 4xx;
-- meanwhile a background thread unloads and reloads one adapter every
-  `--reload-every` s (rotating), and another polls /health every second.
+    vllm serve <tiny llama> --enable-para --para-modules sql=.. qa=.. \\
+        --para-adapter-dir DIR --max-cpu-para-adapters 16 --max-para-adapters 4 --max-para-rank 16
+    (VLLM_ALLOW_RUNTIME_PARA_UPDATING=1)
 
-Measured: engine deaths (any non-200 /health, or the server exiting), failed
-well-formed requests (5xx, connection errors, timeouts, bad bodies, or 4xx
-other than a 404 for an adapter that was mid-reload during the request:
-those are counted apart), hostile requests not answered with a 4xx,
-`vllm_para:side_buffer_pages_in_use` after all requests end and 3 s idle,
-the RSS of the server's process tree after the warm-up and at the end, and
-throughput. Writes benchmarks/results/soak-<YYYYmmdd-HHMMSS>/report.md and
-exits 1 if any death, failed request, hostile 5xx/2xx, failed unload/load of a
-valid adapter, leaked page, or RSS growth > `--max-rss-growth-mb` (50) was
-seen; 2 if the server could not be started. The model, adapters and
-server.log stay in a temporary folder when the run fails (its path is printed).
+and sends `--requests` requests from `--concurrency` client threads, at most
+`--duration-limit` seconds (1800):
 
-`--no-hostile` / `--skip-hostile REGEX` leave hostile cases out (e.g. while a
-known crash is being fixed); `--reload-every 0` turns reloads off.
+- well-formed completions / chat completions, streamed and not, n > 1, beam
+  search, random max_tokens; 15% the base model, 5% sql/qa, 80% one of the 200
+  directory adapters drawn Zipf(`--zipf`) over a shuffled order: first-use
+  loads and LRU evictions of the host cache of 16 all run long;
+- ~10% closed by the client mid-stream (after 0-4 events) or by a short read
+  timeout (disconnects);
+- ~5% hostile: drawn from the hostile suite's own case lists
+  (tests/hostile_cases.py, imported, not re-encoded: vllm_xargs, model names,
+  names over 255 bytes, field types, bad admin calls, bad first-use names) and
+  the corrupt adapter directories of tests/adapter_corruptions.py loaded by
+  the admin route; each must get the status (and message words) the suite
+  asserts;
+- meanwhile an admin thread loads and unloads the same directory names
+  (Zipf-drawn too) every `--admin-every` s: an admin load pins the adapter, so
+  it is always unloaded again; a name first-use loaded already answers "already
+  loaded" and is unloaded under its requests;
+- a monitor polls /health every second and, every `--sample-every` s, the RSS
+  of every server process (psutil tree: API server, engine core, workers) and
+  the PARA gauges.
+
+Bounds (exit 1 if one fails; 2 if the server did not start): every request sent
+within the time limit; no failed well-formed request (a 404 for a name while an
+admin call on that name was running is counted apart, not a failure); every
+hostile request answered as the suite expects (never 2xx / 5xx); no failed admin
+call; `vllm_para:side_buffer_pages_in_use` 0 at the end; RSS growth of each
+server process after the warm-up < `--max-rss-growth-mb` (50); the server never
+restarted (same root PID, every process seen at the start alive at the end,
+every /health poll 200); adapters in host memory at the end <= 16 + 2.
+
+Writes benchmarks/results/soak-<YYYYmmdd-HHMMSS>/: report.md, minutes.csv (one
+row per minute: outcomes, p50/p99, RSS per process, gauges), summary.json. No
+logs are committed: the model, adapters and server.log stay in a temporary
+folder when the run fails (its path is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -63,20 +79,19 @@ try:
     import vllm_para  # noqa: F401  (installed in .venv; PYTHONPATH may point at another checkout)
 except ImportError:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the hostile suite's case lists and corrupt adapter directories
+import hostile_cases as hc  # noqa: E402
+from adapter_corruptions import generate_corruptions  # noqa: E402
+
 from vllm_para.testing.tiny_models import VOCAB_WORDS as WORDS  # noqa: E402  (the tokenizer's words: ~1 token each)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGES_METRIC = "vllm_para:side_buffer_pages_in_use"
-
-# name -> (targets, pooling, r): differing targets, poolings and ranks in one engine
-ADAPTER_SPECS = [
-    ("sql", ("q", "v", "u"), "last", 12),
-    ("qa", ("q", "k", "v", "g", "u"), "mean", 12),
-    ("tone", ("v", "g"), "last", 8),
-    ("kq", ("q", "k"), "mean", 4),
-    ("up", ("u",), "last", 16),
-    ("qv", ("q", "v"), "last", 12),
-]
+HOST_METRIC = "vllm_para:adapters_in_host_memory"
+STATIC = ("sql", "qa")  # named at start-up, as in the hostile suite
+RANKS = (2, 4, 8, 12, 16)
+TARGET_SETS = (("q", "v", "u"), ("k", "g"), ("q", "k", "v", "g", "u"), ("v",), ("u", "q"))
+POOLINGS = ("last", "mean", "mean_skip_first")
 
 WELL_FORMED_TIMEOUT = 300.0
 BIG_MAPPING = 768 * 2**20  # anonymous mappings this large: the KV cache (1 GiB here), see large_anon_mappings
@@ -85,60 +100,40 @@ HOSTILE_TIMEOUT = 120.0
 
 # --------------------------------------------------------------------------- set-up
 
-def build_assets(work: Path, n_adapters: int) -> tuple[Path, dict[str, str], dict[str, str]]:
-    """The tiny base model, the adapters, and broken adapter directories for hostile loads."""
-    from safetensors.torch import load_file, save_file
-
+def build_assets(work: Path, n_dir: int) -> tuple[Path, dict[str, str], Path, list]:
+    """The tiny base model, the start-up adapters, DIR with `n_dir` adapters, the corrupt directories."""
     from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
 
     model = build_tiny_model(work / "model", arch="llama")
-    adapters = {}
-    for i, (name, targets, pooling, r) in enumerate(ADAPTER_SPECS[:n_adapters]):
-        adapters[name] = str(build_random_adapter(model, work / "adapters" / name, r=r, targets=targets,
-                                                  pooling=pooling, seed=100 + i))
-    good = Path(adapters[ADAPTER_SPECS[0][0]])
-    config = json.loads((good / "para_config.json").read_text())
-    weights = load_file(str(good / "adapter_model.safetensors"))
-    broken_root = work / "broken"
-    broken: dict[str, str] = {}
+    static = {name: str(build_random_adapter(model, work / "static" / name, r=12, seed=10 + i,
+                                             targets=("q", "v", "u") if i == 0 else ("q", "k", "v", "g", "u"),
+                                             pooling="last" if i == 0 else "mean"))
+              for i, name in enumerate(STATIC)}
+    adapter_dir = work / "adapters"
+    for i in range(n_dir):
+        build_random_adapter(model, adapter_dir / f"a{i:03d}", r=RANKS[i % len(RANKS)],
+                             targets=TARGET_SETS[(i // len(RANKS)) % len(TARGET_SETS)],
+                             pooling=POOLINGS[i % len(POOLINGS)], seed=1000 + i)
+    corruptions = generate_corruptions(Path(static["sql"]), work / "corrupt", seed=1)
+    return model, static, adapter_dir, corruptions
 
-    def make(name: str, cfg=None, tensors=None, raw_files: dict[str, bytes] | None = None) -> None:
-        d = broken_root / name
-        d.mkdir(parents=True, exist_ok=True)
-        if cfg is not None:
-            (d / "para_config.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
-        if tensors is not None:
-            save_file(tensors, str(d / "adapter_model.safetensors"))
-        for fname, data in (raw_files or {}).items():
-            (d / fname).write_bytes(data)
-        broken[name] = str(d)
 
-    make("empty_dir")
-    make("config_empty_object", cfg="{}")
-    make("config_not_json", cfg="{not json")
-    make("config_only", cfg=config)
-    make("garbage_weights", cfg=config, raw_files={"adapter_model.safetensors": os.urandom(4096)})
-    nan = {k: v.clone() for k, v in weights.items()}
-    first = sorted(nan)[0]
-    nan[first].view(-1)[0] = float("nan")
-    make("nan_weight", cfg=config, tensors=nan)
-    missing = dict(weights)
-    missing.pop(sorted(missing)[-1])
-    make("missing_tensor", cfg=config, tensors=missing)
-    wrong_shape = dict(weights)
-    key = next(k for k in sorted(wrong_shape) if k.endswith("down.weight"))
-    wrong_shape[key] = wrong_shape[key][:, :-1].contiguous()
-    make("wrong_tensor_shape", cfg=config, tensors=wrong_shape)
-    make("wrong_base_hidden_size", cfg={**config, "hidden_size": config["hidden_size"] * 2}, tensors=weights)
-    make("unknown_config_field", cfg={**config, "surprise": 1}, tensors=weights)
-    make("wrong_peft_type", cfg={**config, "peft_type": "LORA"}, tensors=weights)
-    make("huge_rank", cfg={**config, "r": 100000}, tensors=weights)
-    make("pickle_only", cfg=config, raw_files={"adapter_model.bin": b"\x80\x04K\x01."})
-    broken["does_not_exist"] = str(broken_root / "does_not_exist")
-    broken["a_file_not_a_dir"] = str(good / "adapter_model.safetensors")
-    broken["relative_traversal"] = "../../../../../../etc"
-    broken["etc"] = "/etc"
-    return model, adapters, broken
+class Zipf:
+    """Names drawn with weight 1/(rank+1)^s over a seeded shuffle (s=0: uniform)."""
+
+    def __init__(self, names: list[str], s: float, seed: int) -> None:
+        self.names = list(names)
+        random.Random(seed).shuffle(self.names)
+        self.cum = []
+        total = 0.0
+        for k in range(len(self.names)):
+            total += 1.0 / (k + 1) ** s
+            self.cum.append(total)
+
+    def draw(self, rng: random.Random) -> str:
+        import bisect
+
+        return self.names[bisect.bisect_left(self.cum, rng.random() * self.cum[-1])]
 
 
 # --------------------------------------------------------------------------- requests
@@ -161,16 +156,16 @@ class Result:
 class Shared:
     url: str
     base: str
-    adapters: list[str]
-    broken: dict[str, str]
-    skip_hostile: re.Pattern | None = None
+    zipf: Zipf
+    hostile: list  # HostileCase
     proc: object = None  # the server's Popen: a connection error with it gone means the engine died
+    deadline: float = float("inf")  # time.monotonic() after which no request is sent
     dead: threading.Event = field(default_factory=threading.Event)
+    local: threading.local = field(default_factory=threading.local)
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             self.dead.set()
-    local: threading.local = field(default_factory=threading.local)
 
     def session(self) -> requests.Session:
         s = getattr(self.local, "session", None)
@@ -186,17 +181,18 @@ def prompt_text(rng: random.Random) -> str:
 def well_formed_body(rng: random.Random, sh: Shared) -> tuple[str, dict, str | None, str]:
     """(path, body, adapter, description) of a valid request."""
     chat = rng.random() < 0.5
-    adapter = None if rng.random() < 0.25 else rng.choice(sh.adapters)
+    roll = rng.random()
+    adapter = None if roll < 0.15 else (rng.choice(STATIC) if roll < 0.20 else sh.zipf.draw(rng))
     via_xargs = adapter is not None and rng.random() < 0.15
     body: dict = {"model": sh.base if adapter is None or via_xargs else adapter,
                   "max_tokens": rng.randint(1, 32)}
     if via_xargs:
         body["vllm_xargs"] = {"para_adapter": adapter}
     r = rng.random()
-    if r < 0.06:
+    if r < 0.05:
         mode = "beam"
         body.update(use_beam_search=True, n=rng.randint(2, 3), temperature=0.0)
-    elif r < 0.18:
+    elif r < 0.15:
         mode = "n"
         body.update(n=rng.randint(2, 3), temperature=0.8, seed=rng.randint(0, 1 << 30))
     else:
@@ -217,82 +213,159 @@ def well_formed_body(rng: random.Random, sh: Shared) -> tuple[str, dict, str | N
     else:
         body["prompt"] = prompt_text(rng)
         path = "/v1/completions"
+    who = "base" if adapter is None else ("static" if adapter in STATIC else "dir")
     desc = (f"{'chat' if chat else 'cmpl'}/{'stream' if stream else 'plain'}/"
-            f"{'base' if adapter is None else ('xargs' if via_xargs else 'model')}/{mode}")
+            f"{who}-{'xargs' if via_xargs else 'model'}/{mode}")
     return path, body, adapter, desc
 
 
-def hostile_case(rng: random.Random, sh: Shared) -> tuple[str, str, dict | str]:
-    """(name, path, body) of a request that must be refused with a 4xx."""
-    adapter = rng.choice(sh.adapters)
-    prompt = prompt_text(rng)
-    big = "x" * 10240
+# --------------------------------------------------------------------------- hostile cases (tests/hostile_cases.py)
 
-    def cmpl(name: str, **extra) -> tuple[str, str, dict]:
-        body = {"model": adapter, "prompt": prompt, "max_tokens": rng.randint(1, 8), **extra}
-        return name, "/v1/completions", body
+@dataclass
+class HostileCase:
+    category: str
+    name: str
+    path: str
+    body: object  # dict, or a callable(idx) -> dict for bodies that need a fresh name
+    statuses: tuple[int, ...]  # any 4xx when empty
+    words: tuple[str, ...] = ()
+    lower: bool = False  # match words against the lower-cased message
+    max_len: int | None = None  # the answer must be shorter (no 10 kB name echoed back)
 
-    def chat(name: str, **extra) -> tuple[str, str, dict]:
-        body = {"model": adapter, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, **extra}
-        return name, "/v1/chat/completions", body
 
-    def load(name: str, **body) -> tuple[str, str, dict]:
-        return name, "/v1/load_para_adapter", body
+def _cmpl_body(model, prompt, **extra):  # the hostile suite's _body
+    return {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, **extra}
 
-    hostile_name = f"hostile-{rng.randrange(1 << 30)}"
-    choices = [
-        lambda: cmpl("unknown_adapter_model", model=f"no-such-adapter-{rng.randrange(1000)}"),
-        lambda: chat("unknown_adapter_model_chat", model="no-such-adapter"),
-        lambda: cmpl("10kB_model_name", model=big),
-        lambda: cmpl("10kB_xargs_adapter", model=sh.base, vllm_xargs={"para_adapter": big}),
-        lambda: cmpl("xargs_adapter_unknown", model=sh.base, vllm_xargs={"para_adapter": "nope"}),
-        lambda: cmpl("xargs_adapter_int", model=sh.base, vllm_xargs={"para_adapter": 123}),
-        lambda: cmpl("xargs_adapter_list", model=sh.base, vllm_xargs={"para_adapter": [adapter]}),
-        lambda: cmpl("xargs_adapter_object", model=sh.base, vllm_xargs={"para_adapter": {"a": 1}}),
-        lambda: cmpl("xargs_conflicting_adapter", vllm_xargs={"para_adapter": next(
-            a for a in sh.adapters[::-1] if a != adapter)}),
-        lambda: cmpl("prompt_len_-1", vllm_xargs={"para_prompt_len": -1}),
-        lambda: cmpl("prompt_len_100000", vllm_xargs={"para_prompt_len": 100000}),
-        lambda: cmpl("prompt_len_abc", vllm_xargs={"para_prompt_len": "abc"}),
-        lambda: cmpl("prompt_len_float", vllm_xargs={"para_prompt_len": 1.5}),
-        lambda: cmpl("prompt_len_0", vllm_xargs={"para_prompt_len": 0}),
-        lambda: cmpl("prompt_len_-1_stream", stream=True, vllm_xargs={"para_prompt_len": -1}),
-        lambda: chat("prompt_len_-1_chat", vllm_xargs={"para_prompt_len": -1}),
-        lambda: cmpl("prompt_len_-1_beam", use_beam_search=True, n=2, vllm_xargs={"para_prompt_len": -1}),
-        lambda: cmpl("prompt_len_-1_xargs_adapter", model=sh.base,
-                     vllm_xargs={"para_adapter": adapter, "para_prompt_len": -1}),
-        lambda: cmpl("para_version_str", vllm_xargs={"para_version": "abc"}),
-        lambda: cmpl("para_version_-1", vllm_xargs={"para_version": -1}),
-        lambda: cmpl("para_version_huge", vllm_xargs={"para_version": 10 ** 18}),
-        lambda: cmpl("para_cache_key_int", vllm_xargs={"para_cache_key": 5}),
-        lambda: cmpl("para_cache_key_10kB", vllm_xargs={"para_cache_key": big}),
-        lambda: cmpl("max_tokens_str", max_tokens="abc"),
-        lambda: cmpl("max_tokens_negative", max_tokens=-5),
-        lambda: cmpl("n_str", n="two"),
-        lambda: cmpl("n_negative", n=-1),
-        lambda: cmpl("temperature_str", temperature="hot"),
-        lambda: cmpl("model_int", model=123),
-        lambda: cmpl("prompt_object", prompt={"a": 1}),
-        lambda: cmpl("xargs_not_object", vllm_xargs="para_adapter"),
-        lambda: chat("messages_str", messages="hello"),
-        lambda: ("invalid_json", "/v1/completions", "{\"model\": "),
-        lambda: load(f"load_broken:{(k := rng.choice(sorted(sh.broken)))}", para_name=hostile_name,
-                     para_path=sh.broken[k]),
-        lambda: load(f"load_broken:{(k := rng.choice(sorted(sh.broken)))}", para_name=hostile_name,
-                     para_path=sh.broken[k]),
-        lambda: load(f"load_broken:{(k := rng.choice(sorted(sh.broken)))}", para_name=hostile_name,
-                     para_path=sh.broken[k]),
-        lambda: load("load_10kB_name_broken", para_name=big, para_path=sh.broken["config_only"]),
-        lambda: load("load_empty_name", para_name="", para_path=sh.broken["nan_weight"]),
-        lambda: load("load_base_name", para_name=sh.base, para_path=sh.broken["nan_weight"]),
-        lambda: load("load_missing_path", para_name=hostile_name),
-        lambda: load("load_path_int", para_name=hostile_name, para_path=5),
-        lambda: load("load_extra_field", para_name=hostile_name, para_path=sh.broken["empty_dir"], x=1),
-        lambda: ("unload_unknown", "/v1/unload_para_adapter", {"para_name": hostile_name}),
-        lambda: ("unload_10kB_name", "/v1/unload_para_adapter", {"para_name": big}),
-        lambda: ("unload_name_int", "/v1/unload_para_adapter", {"para_name": 7}),
-    ]
-    return rng.choice(choices)()
+
+def hostile_cases(base: str, static: dict[str, str], corruptions: list) -> list[HostileCase]:
+    """Every case of the hostile suite's lists, as the suite sends them."""
+    prompt = "the quick brown fox"
+    cases: list[HostileCase] = []
+    for i, (xargs, model, status, words) in enumerate(hc.HOSTILE_XARGS):
+        m = model or base
+        for route, path, body in (
+            ("cmpl", "/v1/completions", _cmpl_body(m, prompt, vllm_xargs=xargs)),
+            ("chat", "/v1/chat/completions", {"model": m, "max_tokens": 4, "vllm_xargs": xargs,
+                                              "messages": [{"role": "user", "content": prompt}]}),
+            ("stream", "/v1/completions", _cmpl_body(m, prompt, vllm_xargs=xargs, stream=True)),
+        ):
+            cases.append(HostileCase("vllm_xargs", f"xargs[{i}]/{route}", path, body, (status,), tuple(words)))
+    for i, model in enumerate(hc.HOSTILE_MODEL_NAMES):
+        cases.append(HostileCase("model_names", f"model_name[{i}]", "/v1/completions", _cmpl_body(model, prompt),
+                                 (400, 404), max_len=5000))
+    for ident, name in zip(hc.LONG_NAME_IDS, hc.LONG_NAMES):
+        for route, path, body, words in (
+            ("model", "/v1/completions", _cmpl_body(name, prompt), ("255",)),
+            ("chat", "/v1/chat/completions", {"model": name, "max_tokens": 2,
+                                              "messages": [{"role": "user", "content": "hi"}]}, ("255",)),
+            ("xargs", "/v1/completions", _cmpl_body(base, prompt, vllm_xargs={"para_adapter": name}),
+             ("para_adapter", "255")),
+            ("load", "/v1/load_para_adapter", {"para_name": name, "para_path": "/nonexistent"}, ("255",)),
+        ):
+            cases.append(HostileCase("long_names", f"long_name[{ident}]/{route}", path, body, (400,), words))
+    for i, body in enumerate(hc.field_type_bodies(_cmpl_body, prompt)):
+        cases.append(HostileCase("field_types", f"field_type[{i}]", "/v1/completions", body, ()))
+    for i, body in enumerate(hc.bad_admin_load_bodies(static["sql"])):
+        cases.append(HostileCase("admin_calls", f"bad_load[{i}]", "/v1/load_para_adapter", body, ()))
+    for i, (body, statuses) in enumerate(hc.BAD_UNLOADS):
+        cases.append(HostileCase("admin_calls", f"bad_unload[{i}]", "/v1/unload_para_adapter", body, statuses))
+    for i, name in enumerate(hc.FIRST_USE_BAD_NAMES):
+        cases.append(HostileCase("first_use_names", f"first_use_name[{i}]", "/v1/completions",
+                                 _cmpl_body(name, prompt), (400,)))
+    for c in corruptions:
+        cases.append(HostileCase(
+            "corrupt_dirs", f"corrupt:{c.name}", "/v1/load_para_adapter",
+            (lambda idx, p=str(c.path): {"para_name": f"corrupt-{idx}", "para_path": p}), (400,), (c.expect,),
+            lower=True))
+    return cases
+
+
+def pick_hostile(rng: random.Random, cases: list[HostileCase]) -> HostileCase:
+    """A category uniformly, then a case of it uniformly (so the ~250 corrupt directories do not crowd out the rest)."""
+    categories = sorted({c.category for c in cases})
+    category = rng.choice(categories)
+    return rng.choice([c for c in cases if c.category == category])
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        obj = resp.json()
+    except ValueError:
+        return resp.text
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+        return str(obj["error"].get("message"))
+    return str(obj)
+
+
+def run_hostile(idx: int, rng: random.Random, sh: Shared) -> Result:
+    case = pick_hostile(rng, sh.hostile)
+    body = case.body(idx) if callable(case.body) else case.body
+    res = Result(idx, "hostile", case.name, t0=time.monotonic())
+    s = sh.session()
+    try:
+        with s.post(sh.url + case.path, json=body, timeout=HOSTILE_TIMEOUT, stream=True) as resp:
+            res.status = resp.status_code
+            text = resp.text if resp.status_code != 200 or not body.get("stream") else ""
+            if 400 <= resp.status_code < 500:
+                message = _message(resp)
+                haystack = message.lower() if case.lower else message
+                missing = [w for w in case.words if w not in haystack]
+                if case.statuses and resp.status_code not in case.statuses:
+                    res.outcome = "wrong_4xx"
+                    res.detail = f"HTTP {resp.status_code}, the suite expects {case.statuses}: {message[:200]}"
+                elif missing:
+                    res.outcome, res.detail = "wrong_4xx", f"HTTP {resp.status_code} without {missing}: {message[:200]}"
+                elif case.max_len is not None and len(text) >= case.max_len:
+                    res.outcome, res.detail = "wrong_4xx", f"HTTP {resp.status_code}, answer {len(text)} chars"
+                else:
+                    res.outcome, res.detail = "refused", message[:200]
+            elif resp.status_code >= 500:
+                res.outcome, res.detail = "error", f"HTTP {resp.status_code}: {_message(resp)[:300]}"
+            else:
+                res.outcome, res.detail = "accepted", f"HTTP {resp.status_code}: {text[:160]}"
+                if case.path == "/v1/load_para_adapter" and resp.status_code == 200:  # never leave it loaded
+                    s.post(sh.url + "/v1/unload_para_adapter", json={"para_name": body["para_name"]}, timeout=60)
+    except requests.Timeout as exc:
+        res.outcome, res.detail = "error", f"timeout: {type(exc).__name__}"
+    except requests.RequestException as exc:
+        res.outcome, res.detail = "error", f"connection error: {type(exc).__name__}: {str(exc)[:200]}"
+        sh.check_alive()
+    res.t1 = time.monotonic()
+    return res
+
+
+def run_one(idx: int, seed: int, sh: Shared, hostile_frac: float, abort_frac: float) -> Result:
+    rng = random.Random(seed * 1_000_003 + idx)
+    roll = rng.random()
+    if roll < hostile_frac:
+        kind = "hostile"
+    elif roll < hostile_frac + abort_frac:
+        kind = "abort"
+    else:
+        kind = "normal"
+    if sh.dead.is_set():
+        return Result(idx, kind, "", outcome="not_sent_dead")
+    if time.monotonic() > sh.deadline:
+        return Result(idx, kind, "", outcome="not_sent_time")
+    if kind == "hostile":
+        return run_hostile(idx, rng, sh)
+    path, body, adapter, desc = well_formed_body(rng, sh)
+    res = Result(idx, kind, desc, adapter=adapter, t0=time.monotonic())
+    try:
+        if kind == "abort":
+            run_abort(res, rng, sh, path, body)
+        else:
+            run_normal(res, sh, path, body)
+    except requests.Timeout as exc:
+        res.outcome, res.detail = "fail", f"timeout: {type(exc).__name__}"
+    except requests.RequestException as exc:
+        res.outcome, res.detail = "fail", f"connection error: {type(exc).__name__}: {str(exc)[:200]}"
+        sh.check_alive()
+    except Exception as exc:  # a bug in this script must not pass silently
+        res.outcome, res.detail = "fail", f"client exception: {type(exc).__name__}: {exc}"
+    res.t1 = time.monotonic()
+    return res
 
 
 def read_stream(resp: requests.Response, max_events: int | None = None) -> tuple[bool, int, dict | None, int]:
@@ -330,37 +403,6 @@ def error_text(resp: requests.Response) -> str:
         return str(resp.json())[:300]
     except ValueError:
         return resp.text[:300]
-
-
-def run_one(idx: int, seed: int, sh: Shared, hostile_frac: float, abort_frac: float) -> Result:
-    rng = random.Random(seed * 1_000_003 + idx)
-    roll = rng.random()
-    if roll < hostile_frac:
-        kind = "hostile"
-    elif roll < hostile_frac + abort_frac:
-        kind = "abort"
-    else:
-        kind = "normal"
-    if sh.dead.is_set():
-        return Result(idx, kind, "", outcome="not_sent")
-    if kind == "hostile":
-        return run_hostile(idx, rng, sh)
-    path, body, adapter, desc = well_formed_body(rng, sh)
-    res = Result(idx, kind, desc, adapter=adapter, t0=time.monotonic())
-    try:
-        if kind == "abort":
-            run_abort(res, rng, sh, path, body)
-        else:
-            run_normal(res, sh, path, body)
-    except requests.Timeout as exc:
-        res.outcome, res.detail = "fail", f"timeout: {type(exc).__name__}"
-    except requests.RequestException as exc:
-        res.outcome, res.detail = "fail", f"connection error: {type(exc).__name__}: {str(exc)[:200]}"
-        sh.check_alive()
-    except Exception as exc:  # a bug in this script must not pass silently
-        res.outcome, res.detail = "fail", f"client exception: {type(exc).__name__}: {exc}"
-    res.t1 = time.monotonic()
-    return res
 
 
 def _http_outcome(res: Result, resp: requests.Response) -> bool:
@@ -439,102 +481,79 @@ def run_abort(res: Result, rng: random.Random, sh: Shared, path: str, body: dict
         res.outcome = "abort_completed"
 
 
-def run_hostile(idx: int, rng: random.Random, sh: Shared) -> Result:
-    for _ in range(100):
-        name, path, body = hostile_case(rng, sh)
-        if sh.skip_hostile is None or not sh.skip_hostile.search(name):
-            break
-    else:
-        return Result(idx, "hostile", "all cases skipped", outcome="skipped")
-    res = Result(idx, "hostile", name, t0=time.monotonic())
-    s = sh.session()
-    try:
-        if isinstance(body, str):
-            resp = s.post(sh.url + path, data=body, headers={"Content-Type": "application/json"},
-                          timeout=HOSTILE_TIMEOUT)
-        else:
-            resp = s.post(sh.url + path, json=body, timeout=HOSTILE_TIMEOUT, stream=bool(body.get("stream")))
-        with resp:
-            res.status = resp.status_code
-            if 400 <= resp.status_code < 500:
-                res.outcome, res.detail = "rejected", error_text(resp)[:200]
-            elif resp.status_code >= 500:
-                res.outcome, res.detail = "fail", f"HTTP {resp.status_code}: {error_text(resp)}"
-            elif isinstance(body, dict) and body.get("stream"):
-                done, _, error, _ = read_stream(resp)
-                code = (error or {}).get("code")
-                if isinstance(code, int) and 400 <= code < 500:
-                    res.outcome, res.detail = "rejected", f"in-stream {code}: {str(error.get('message'))[:200]}"
-                elif error is not None:
-                    res.outcome, res.detail = "fail", f"in-stream error {code}: {str(error.get('message'))[:200]}"
-                else:
-                    res.outcome, res.detail = "accepted", f"HTTP {resp.status_code}, stream done={done}"
-            else:
-                res.outcome, res.detail = "accepted", f"HTTP {resp.status_code}: {resp.text[:120]}"
-    except requests.Timeout as exc:
-        res.outcome, res.detail = "fail", f"timeout: {type(exc).__name__}"
-    except requests.RequestException as exc:
-        res.outcome, res.detail = "fail", f"connection error: {type(exc).__name__}: {str(exc)[:200]}"
-        sh.check_alive()
-    res.t1 = time.monotonic()
-    return res
-
-
 # --------------------------------------------------------------------------- background threads
 
-class Reloader(threading.Thread):
-    """Every `period` s: unload one adapter (rotating), wait a moment, load it back."""
+class AdminChurn(threading.Thread):
+    """Admin load, a moment, admin unload of a Zipf-drawn directory name, every ~`period` s.
 
-    def __init__(self, sh: Shared, paths: dict[str, str], period: float, seed: int) -> None:
-        super().__init__(daemon=True, name="reloader")
-        self.sh, self.paths, self.period = sh, paths, period
-        self.rng = random.Random(seed)
+    An admin load pins the adapter (never evicted), so every 200 load is unloaded
+    again; a name already first-use loaded answers 400 "already loaded" and is
+    unloaded all the same (under its running requests)."""
+
+    def __init__(self, sh: Shared, adapter_dir: Path, period: float, seed: int) -> None:
+        super().__init__(daemon=True, name="admin")
+        self.sh, self.adapter_dir, self.period = sh, adapter_dir, period
+        self.rng = random.Random(seed + 7)
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.windows: list[list] = []  # [name, start, end or None]
-        self.cycles = 0
+        self.counts: Counter = Counter()
         self.errors: list[str] = []
+        self.left_pinned: set[str] = set()
 
     def run(self) -> None:
-        names = sorted(self.paths)
         s = requests.Session()
-        i = 0
-        while not self.stop_event.wait(self.period):
+        while not self.stop_event.wait(self.rng.uniform(0.5, 1.5) * self.period):
             if self.sh.dead.is_set():
                 break
-            name = names[i % len(names)]
-            i += 1
+            name = self.sh.zipf.draw(self.rng)
             window = [name, time.monotonic(), None]
             with self.lock:
                 self.windows.append(window)
+            pinned = False
             try:
-                r = s.post(self.sh.url + "/v1/unload_para_adapter", json={"para_name": name}, timeout=120)
-                if r.status_code != 200:
-                    self.errors.append(f"unload {name}: HTTP {r.status_code}: {error_text(r)}")
-                time.sleep(self.rng.uniform(0.0, 0.3))
+                r = s.post(self.sh.url + "/v1/load_para_adapter",
+                           json={"para_name": name, "para_path": str(self.adapter_dir / name)}, timeout=120)
+                if r.status_code == 200:
+                    pinned = True
+                    self.counts["load 200"] += 1
+                elif r.status_code == 400 and "already loaded" in _message(r):
+                    self.counts["load 400 already loaded (first-use cached)"] += 1
+                else:
+                    self.errors.append(f"load {name}: HTTP {r.status_code}: {_message(r)[:200]}")
+                time.sleep(self.rng.uniform(0.2, 3.0))
                 for attempt in range(3):
-                    r = s.post(self.sh.url + "/v1/load_para_adapter",
-                               json={"para_name": name, "para_path": self.paths[name]}, timeout=120)
+                    r = s.post(self.sh.url + "/v1/unload_para_adapter", json={"para_name": name}, timeout=120)
                     if r.status_code == 200:
+                        self.counts["unload 200"] += 1
                         break
-                    self.errors.append(f"load {name} (attempt {attempt + 1}): HTTP {r.status_code}: {error_text(r)}")
+                    if r.status_code == 404 and not pinned:  # a cached one the LRU evicted meanwhile
+                        self.counts["unload 404 (evicted meanwhile)"] += 1
+                        break
+                    self.errors.append(f"unload {name} (attempt {attempt + 1}): HTTP {r.status_code}: "
+                                       f"{_message(r)[:200]}")
                     time.sleep(1)
-                self.cycles += 1
+                else:
+                    if pinned:
+                        self.left_pinned.add(name)
             except requests.RequestException as exc:
-                self.errors.append(f"reload {name}: {type(exc).__name__}: {str(exc)[:200]}")
+                self.errors.append(f"admin {name}: {type(exc).__name__}: {str(exc)[:200]}")
+                if pinned:
+                    self.left_pinned.add(name)
             finally:
+                self.counts["cycles"] += 1
                 with self.lock:
                     window[2] = time.monotonic()
 
-    def was_reloading(self, name: str | None, t0: float, t1: float) -> bool:
+    def overlapped(self, name: str | None, t0: float, t1: float) -> bool:
         if name is None:
             return False
         with self.lock:
             return any(w[0] == name and w[1] <= t1 and (w[2] is None or w[2] >= t0) for w in self.windows)
 
 
-def rss_by_process(pid: int) -> dict[str, int]:
-    """RSS of the server and every descendant, keyed '<pid> <name>'."""
+def processes(pid: int) -> dict[int, tuple[str, int]]:
+    """pid -> (name, RSS) for the server and every descendant."""
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
@@ -543,14 +562,14 @@ def rss_by_process(pid: int) -> dict[str, int]:
     out = {}
     for p in procs:
         try:
-            out[f"{p.pid} {p.name()}"] = p.memory_info().rss
+            name = p.name()
+            if name in ("python", "python3"):  # a helper: name it by what it runs
+                cmd = " ".join(p.cmdline())
+                name = "resource_tracker" if "resource_tracker" in cmd else cmd[-60:]
+            out[p.pid] = (name, p.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
     return out
-
-
-def tree_rss(pid: int) -> int:
-    return sum(rss_by_process(pid).values())
 
 
 def large_anon_mappings(pid: int, min_bytes: int) -> dict[str, tuple[int, int]]:
@@ -583,24 +602,57 @@ def large_anon_mappings(pid: int, min_bytes: int) -> dict[str, tuple[int, int]]:
     return out
 
 
-class HealthMonitor(threading.Thread):
-    """GET /health every second; any non-200 (or the server process exiting) is a death.
-    Also samples the server tree's RSS every 2 s."""
+def kv_resident(pid: int) -> dict[int, int]:
+    """pid -> bytes resident in anonymous mappings >= BIG_MAPPING (the CPU KV cache)."""
+    out: dict[int, int] = {}
+    for key, (_, rss) in large_anon_mappings(pid, BIG_MAPPING).items():
+        p = int(key.split()[0])
+        out[p] = out.get(p, 0) + rss
+    return out
 
-    def __init__(self, sh: Shared, proc, progress=lambda: 0) -> None:
-        super().__init__(daemon=True, name="health")
-        self.sh, self.proc, self.progress = sh, proc, progress
+
+def role(pid: int, name: str, root: int) -> str:
+    if pid == root:
+        return "API server"
+    if "EngineCore" in name or "EngineCor" in name:
+        return "engine core"
+    if "Worker" in name or "worker" in name:
+        return "worker"
+    return name
+
+
+class Monitor(threading.Thread):
+    """GET /health every second (any non-200 or the server exiting is a death); every
+    `sample_every` s the RSS of each server process and the PARA gauges."""
+
+    def __init__(self, sh: Shared, proc, sample_every: float, progress=lambda: 0) -> None:
+        super().__init__(daemon=True, name="monitor")
+        self.sh, self.proc, self.sample_every, self.progress = sh, proc, sample_every, progress
         self.stop_event = threading.Event()
         self.deaths: list[str] = []
-        self.polls = 0
-        self.slow = 0  # polls that timed out (10 s) without an answer: reported, not a death
-        self.rss_samples: list[tuple[float, int, int]] = []  # (time, requests done, tree RSS)
+        self.polls = self.ok_polls = self.slow = 0
+        self.max_gap = 0.0  # longest time between two 200 answers of /health
+        self.samples: list[dict] = []  # {"t", "done", "procs": {pid: (name, rss)}, "pages", "host"}
+        self.start_procs = processes(proc.pid)
+        self.seen: dict[int, str] = {pid: name for pid, (name, _) in self.start_procs.items()}
         self.healthy = True
-        self.first_death: float | None = None  # time.monotonic() of the first death seen
+
+    def sample(self) -> dict:
+        row = {"t": time.monotonic(), "done": self.progress(), "procs": processes(self.proc.pid),
+               "pages": None, "host": None}
+        try:
+            m = scrape(self.sh.url)
+            row["pages"], row["host"] = m.get(PAGES_METRIC), m.get(HOST_METRIC)
+        except requests.RequestException:
+            pass
+        for pid, (name, _) in row["procs"].items():
+            self.seen.setdefault(pid, name)
+        return row
 
     def run(self) -> None:
         s = requests.Session()
-        last_rss = 0.0
+        last_sample = 0.0
+        last_ok = time.monotonic()
         while not self.stop_event.wait(1.0):
             self.polls += 1
             problem = None
@@ -615,19 +667,23 @@ class HealthMonitor(threading.Thread):
                     self.slow += 1
                 except requests.RequestException as exc:
                     problem = f"/health {type(exc).__name__}: {str(exc)[:200]}"
+                else:
+                    if problem is None:
+                        now = time.monotonic()
+                        self.max_gap = max(self.max_gap, now - last_ok)
+                        last_ok = now
+                        self.ok_polls += 1
             if problem is not None:
                 if self.healthy:
                     self.deaths.append(f"{datetime.now():%H:%M:%S} {problem}")
-                    self.first_death = self.first_death or time.monotonic()
                     print(f"[soak] ENGINE DEATH: {problem}", flush=True)
                 self.healthy = False
                 self.sh.dead.set()
             else:
                 self.healthy = True
-            now = time.monotonic()
-            if now - last_rss >= 2:
-                last_rss = now
-                self.rss_samples.append((now, self.progress(), tree_rss(self.proc.pid)))
+            if time.monotonic() - last_sample >= self.sample_every:
+                last_sample = time.monotonic()
+                self.samples.append(self.sample())
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -682,26 +738,32 @@ def server_log_problems(log: Path, upto: int | None = None, limit: int = 15) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5000, help="requests in all, warm-up included")
+    parser.add_argument("--duration-limit", type=float, default=1800.0,
+                        help="seconds of traffic at most: requests not sent by then fail the run")
+    parser.add_argument("--min-duration", type=float, default=1200.0,
+                        help="spread the requests over at least this many seconds, in bursts of --burst (0: flat out)")
+    parser.add_argument("--burst", type=int, default=64, help="requests released together (then idle until the next)")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=200,
+    parser.add_argument("--warmup", type=int, default=500,
                         help="requests before the baseline RSS sample (at most half of --requests)")
-    parser.add_argument("--adapters", type=int, default=4, choices=range(3, 7), metavar="{3..6}")
-    parser.add_argument("--reload-every", type=float, default=3.0, help="seconds between adapter reloads (0: off)")
+    parser.add_argument("--dir-adapters", type=int, default=200, help="adapters in --para-adapter-dir")
+    parser.add_argument("--host-cache", type=int, default=16, help="--max-cpu-para-adapters")
+    parser.add_argument("--slots", type=int, default=4, help="--max-para-adapters (VG device slots)")
+    parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent over the directory names (0: uniform)")
+    parser.add_argument("--admin-every", type=float, default=2.0, help="mean seconds between admin load/unload cycles (0: off)")
     parser.add_argument("--abort-frac", type=float, default=0.10)
     parser.add_argument("--hostile-frac", type=float, default=0.05)
-    parser.add_argument("--no-hostile", action="store_true", help="send no hostile requests")
-    parser.add_argument("--skip-hostile", default=None, metavar="REGEX",
-                        help="leave out hostile cases whose name matches (e.g. 'prompt_len')")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS / gauge samples")
     parser.add_argument("--idle", type=float, default=3.0, help="idle seconds before reading the page gauge")
     parser.add_argument("--max-rss-growth-mb", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--label", default="", help="a note for the report's title (e.g. 'debug run')")
+    parser.add_argument("--label", default="", help="a note for the report's title (e.g. 'smoke')")
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran on the host)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="model, adapters and server.log (default: a temporary folder, kept on failure)")
     parser.add_argument("--startup-timeout", type=float, default=900)
     args = parser.parse_args()
-    hostile_frac = 0.0 if args.no_hostile else args.hostile_frac
     warmup = min(args.warmup, args.requests // 2)
 
     from vllm_para.testing.serve_process import VLLMServer
@@ -715,11 +777,14 @@ def main() -> int:
     command = ".venv/bin/python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]])
     via = " (via `make soak`)" if os.environ.get("MAKELEVEL") else ""
-    print(f"[soak] {run_id}: building the tiny model and adapters in {work}", flush=True)
-    model, adapter_paths, broken = build_assets(work, args.adapters)
-    modules = [f"{name}={path}" for name, path in adapter_paths.items()]
+    print(f"[soak] {run_id}: building the tiny model, {args.dir_adapters} adapters in {work}", flush=True)
+    t_build = time.monotonic()
+    model, static, adapter_dir, corruptions = build_assets(work, args.dir_adapters)
+    build_s = time.monotonic() - t_build
     server_args = ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "32", "--seed", "0",
-                   "--enable-para", "--para-modules", *modules, "--max-para-adapters", "2"]
+                   "--enable-para", "--para-modules", *[f"{n}={p}" for n, p in static.items()],
+                   "--max-para-adapters", str(args.slots), "--max-para-rank", "16",
+                   "--para-adapter-dir", str(adapter_dir), "--max-cpu-para-adapters", str(args.host_cache)]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_PARA_UPDATING": "1"}
     server = VLLMServer(model, server_args, log, env=env, startup_timeout=args.startup_timeout)
 
@@ -734,66 +799,82 @@ def main() -> int:
         print(f"[soak] server did not start: {exc}", flush=True)
         print(f"[soak] work dir kept: {work}")
         return 2
+    dir_names = sorted(p.name for p in adapter_dir.iterdir())
+    base = str(model)
+    results: list[Result] = []
     try:
         print(f"[soak] healthy after {server.startup_s:.0f} s at {server.url}", flush=True)
-        data = requests.get(server.url + "/v1/models", timeout=30).json()["data"]
-        base = next(m["id"] for m in data if m["id"] not in adapter_paths)
-        sh = Shared(server.url, base, sorted(adapter_paths), broken,
-                    skip_hostile=re.compile(args.skip_hostile) if args.skip_hostile else None, proc=server.proc)
-        rss_start = tree_rss(server.proc.pid)
-        results: list[Result] = []
-        health = HealthMonitor(sh, server.proc, progress=lambda: len(results))
-        health.start()
-        reloader = Reloader(sh, adapter_paths, args.reload_every, args.seed)
+        root_pid = server.proc.pid
+        root_created = psutil.Process(root_pid).create_time()
+        sh = Shared(server.url, base, Zipf(dir_names, args.zipf, args.seed), hostile_cases(base, static, corruptions),
+                    proc=server.proc)
+        monitor = Monitor(sh, server.proc, args.sample_every, progress=lambda: len(results))
+        first = monitor.sample()
+        monitor.samples.append(first)
+        monitor.start()
+        admin = AdminChurn(sh, adapter_dir, args.admin_every, args.seed)
         lock = threading.Lock()
-        progress_every = max(1, args.requests // 10)
+        progress_every = max(1, args.requests // 20)
+
+        n_bursts = max(1, -(-args.requests // max(1, args.burst)))
+        burst_gap = args.min_duration / n_bursts
 
         def task(i: int) -> Result:
+            wait = t_traffic + (i // max(1, args.burst)) * burst_gap - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, max(0.0, sh.deadline - time.monotonic())))
             try:
-                r = run_one(i, args.seed, sh, hostile_frac, args.abort_frac)
+                r = run_one(i, args.seed, sh, args.hostile_frac, args.abort_frac)
             except Exception as exc:  # a bug in this script: visible as a failure, not a crash
                 r = Result(i, "normal", "client", outcome="fail", detail=f"client exception: {exc!r}")
             with lock:
                 results.append(r)
                 if len(results) % progress_every == 0:
                     c = Counter(x.outcome for x in results)
-                    print(f"[soak] {len(results)}/{args.requests} {dict(c)}", flush=True)
+                    print(f"[soak] {len(results)}/{args.requests} at {time.monotonic() - t_traffic:.0f} s "
+                          f"{dict(c)}", flush=True)
             return r
 
+        t_traffic = time.monotonic()
+        sh.deadline = t_traffic + args.duration_limit
         with ThreadPoolExecutor(args.concurrency) as pool:
-            if args.reload_every > 0:  # reloads are part of the warm-up too
-                reloader.start()
-            t_warm = time.monotonic()
+            if args.admin_every > 0:  # admin churn is part of the warm-up too
+                admin.start()
             list(pool.map(task, range(warmup)))
-            warm_s = time.monotonic() - t_warm
-            rss_warm_by_proc = rss_by_process(server.proc.pid)
-            rss_warm = sum(rss_warm_by_proc.values())
-            big_warm = large_anon_mappings(server.proc.pid, BIG_MAPPING)
-            print(f"[soak] warm-up: {warmup} requests in {warm_s:.1f} s; server RSS {rss_warm / 2**20:.0f} MiB",
-                  flush=True)
-            t_main = time.monotonic()
+            t_warm = time.monotonic()
+            warm = monitor.sample()
+            kv_warm = kv_resident(root_pid)
+            print(f"[soak] warm-up: {warmup} requests in {t_warm - t_traffic:.1f} s; server RSS "
+                  f"{sum(r for _, r in warm['procs'].values()) / 2**20:.0f} MiB", flush=True)
             list(pool.map(task, range(warmup, args.requests)))
-            main_s = max(time.monotonic() - t_main, 1e-6)
-        reloader.stop_event.set()
-        if reloader.is_alive():
-            reloader.join(timeout=300)
+        t_done = time.monotonic()
+        admin.stop_event.set()
+        if admin.is_alive():
+            admin.join(timeout=300)
         time.sleep(args.idle)
-        pages = pages_later = None
+        pages = None
         end_metrics: dict[str, float] = {}
+        for _ in range(30):  # pages are released as the last requests' retirements finish
+            try:
+                end_metrics = scrape(server.url)
+                pages = end_metrics.get(PAGES_METRIC)
+            except requests.RequestException as exc:
+                print(f"[soak] /metrics failed: {exc}", flush=True)
+            if pages == 0:
+                break
+            time.sleep(1)
+        models_end = []
         try:
-            end_metrics = scrape(server.url)
-            pages = end_metrics.get(PAGES_METRIC)
-            if pages:
-                time.sleep(10)
-                pages_later = scrape(server.url).get(PAGES_METRIC)
-        except requests.RequestException as exc:
-            print(f"[soak] /metrics failed: {exc}", flush=True)
-        rss_end_by_proc = rss_by_process(server.proc.pid)
-        rss_end = sum(rss_end_by_proc.values())
-        big_end = large_anon_mappings(server.proc.pid, BIG_MAPPING)
-        health.stop_event.set()
-        health.join(timeout=30)
+            models_end = [m["id"] for m in requests.get(server.url + "/v1/models", timeout=30).json()["data"]]
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        end = monitor.sample()
+        kv_end = kv_resident(root_pid)
+        monitor.stop_event.set()
+        monitor.join(timeout=30)
+        t_end_wall = time.time()
         alive_at_end = server.proc.poll() is None
+        uptime_s = t_end_wall - root_created
     except KeyboardInterrupt:
         print("[soak] interrupted: stopping the server", flush=True)
         server.stop()
@@ -802,156 +883,205 @@ def main() -> int:
     finally:
         log_cut = log.stat().st_size if log.exists() else None  # shutdown noise after this is not scanned
         stop_code = server.stop()  # SIGTERM, then SIGKILL to the whole process group
-    # ---------------------------------------------------------------- classify and report
+
+    # ---------------------------------------------------------------- classify
     for r in results:
         if r.outcome == "404":
-            if r.kind in ("normal", "abort") and reloader.was_reloading(r.adapter, r.t0, r.t1):
-                r.outcome = "mid_reload_404"
+            if r.kind in ("normal", "abort") and admin.overlapped(r.adapter, r.t0, r.t1):
+                r.outcome = "404_during_admin_call"
             else:
                 r.outcome = "fail"
-    by_kind = {k: [r for r in results if r.kind == k] for k in ("normal", "abort", "hostile")}
     count = Counter((r.kind, r.outcome) for r in results)
+    sent = [r for r in results if not r.outcome.startswith("not_sent")]
     failed = [r for r in results if r.kind in ("normal", "abort") and r.outcome == "fail"]
-    hostile_fail = [r for r in by_kind["hostile"] if r.outcome == "fail"]
-    hostile_accepted = [r for r in by_kind["hostile"] if r.outcome == "accepted"]
-    not_sent = sum(1 for r in results if r.outcome == "not_sent")
+    hostile = [r for r in results if r.kind == "hostile" and not r.outcome.startswith("not_sent")]
+    hostile_bad = [r for r in hostile if r.outcome != "refused"]
     ok = [r for r in results if r.outcome == "ok"]
-    main_results = [r for r in results if r.idx >= warmup and r.outcome != "not_sent"]
-    main_tokens = sum(r.tokens for r in main_results if r.outcome == "ok")
     latencies = [r.t1 - r.t0 for r in ok]
-    deaths = len(health.deaths)
-    rss_growth_mb = (rss_end - rss_warm) / 2**20 if rss_end and rss_warm else float("nan")
-    # RSS slope over the second half of the main phase: a leak keeps it up, a warm-up effect flattens it
-    half = warmup + (args.requests - warmup) // 2
-    tail = [(d, r) for _, d, r in health.rss_samples if half <= d < args.requests and r]
-    tail_slope = ((tail[-1][1] - tail[0][1]) / 2**20 * 1000 / (tail[-1][0] - tail[0][0])
-                  if len(tail) >= 2 and tail[-1][0] > tail[0][0] else float("nan"))
-    # summed, not matched by address: neighbouring anonymous mappings merge and move starts
-    big_growth = sum(r for _, r in big_end.values()) - sum(r for _, r in big_warm.values())
-    rss_growth_other_mb = rss_growth_mb - big_growth / 2**20
-    leaked = pages if pages is not None else float("nan")
-    log_errors, log_tracebacks, log_lines = server_log_problems(log, log_cut)
+    traffic_s = t_done - t_traffic
+
+    # per process: start / after warm-up / end / max after warm-up
+    proc_rows = []
+    for pid in sorted(set(first["procs"]) | set(end["procs"]) | set(warm["procs"])):
+        name = monitor.seen.get(pid, "?")
+        s0 = first["procs"].get(pid, (name, 0))[1]
+        w = warm["procs"].get(pid, (name, 0))[1]
+        e = end["procs"].get(pid, (name, 0))[1]
+        later = [smp["procs"][pid][1] for smp in monitor.samples + [end] if smp["t"] >= t_warm and pid in smp["procs"]]
+        proc_rows.append({"pid": pid, "name": name, "role": role(pid, name, root_pid), "start": s0, "warm": w,
+                          "end": e, "growth": e - w, "max_after_warm": max(later, default=e),
+                          "kv_growth": kv_end.get(pid, 0) - kv_warm.get(pid, 0)})
+    start_pids = set(monitor.start_procs)
+    vanished = sorted(start_pids - set(end["procs"]))
+    appeared = sorted(set(monitor.seen) - start_pids)
+    worst = max(proc_rows, key=lambda p: p["growth"]) if proc_rows else None
+    total_growth = sum(p["growth"] for p in proc_rows if p["pid"] in warm["procs"] and p["pid"] in end["procs"])
+    host_end = end_metrics.get(HOST_METRIC)
     gates = {
-        "engine deaths": (deaths, deaths == 0),
+        f"requests sent within {args.duration_limit:g} s (of {args.requests})": (
+            len(sent), len(sent) == args.requests),
         "failed well-formed requests": (len(failed), not failed),
-        "hostile requests answered 5xx / connection error / timeout": (len(hostile_fail), not hostile_fail),
-        "hostile requests accepted (2xx, not refused)": (len(hostile_accepted), not hostile_accepted),
-        "adapter unload/load calls that failed (valid adapter)": (len(reloader.errors), not reloader.errors),
-        "side-buffer pages in use after idle": (leaked, pages == 0),
-        f"server RSS growth after warm-up (MB, limit {args.max_rss_growth_mb:g})":
-            (round(rss_growth_mb, 1), rss_growth_mb <= args.max_rss_growth_mb),
+        "hostile requests not answered as the suite expects (wrong 4xx / 2xx / 5xx / error)": (
+            len(hostile_bad), not hostile_bad),
+        "failed admin load/unload calls": (len(admin.errors), not admin.errors),
+        "admin-loaded (pinned) adapters left loaded": (len(admin.left_pinned), not admin.left_pinned),
+        "`side_buffer_pages_in_use` at the end": (pages, pages == 0),
+        f"RSS growth after warm-up, worst server process (MB, limit {args.max_rss_growth_mb:g})": (
+            f"{worst['growth'] / 2**20:+.1f} ({worst['role']})" if worst else "n/a",
+            worst is not None and all(p["growth"] / 2**20 < args.max_rss_growth_mb for p in proc_rows)),
+        "server restarted / died (/health not 200, exited, a start-up process gone)": (
+            len(monitor.deaths) + len(vanished),
+            not monitor.deaths and not vanished and alive_at_end and end["procs"].get(root_pid) is not None),
+        f"`adapters_in_host_memory` at the end (<= {args.host_cache} + {len(STATIC)})": (
+            host_end, host_end is not None and host_end <= args.host_cache + len(STATIC)),
     }
     passed = all(good for _, good in gates.values())
 
+    # ---------------------------------------------------------------- per minute
+    minutes = int(max([r.t1 - t_traffic for r in sent] + [end["t"] - t_traffic, 0]) // 60) + 1
+    pids = [p["pid"] for p in proc_rows]
+    rows = []
+    for m in range(minutes):
+        lo, hi = t_traffic + 60 * m, t_traffic + 60 * (m + 1)
+        rs = [r for r in sent if lo <= r.t1 < hi]
+        lat = [r.t1 - r.t0 for r in rs if r.outcome == "ok"]
+        smp = [x for x in monitor.samples + [end] if x["t"] < hi]
+        last = smp[-1] if smp else first
+        c = Counter(r.outcome for r in rs)
+        rows.append({
+            "minute": m + 1, "finished": len(rs), "ok": c["ok"], "aborted": c["aborted"] + c["abort_completed"],
+            "404_admin": c["404_during_admin_call"], "hostile_refused": c["refused"],
+            "failed": sum(1 for r in rs if r.outcome == "fail" or (r.kind == "hostile" and r.outcome != "refused")),
+            "p50_s": round(pct(lat, .5), 3), "p99_s": round(pct(lat, .99), 3),
+            "pages_in_use": last["pages"], "adapters_in_host_memory": last["host"],
+            **{f"rss_mib_{pid}": round(last["procs"].get(pid, ("", 0))[1] / 2**20, 1) for pid in pids},
+        })
+
+    # ---------------------------------------------------------------- write
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "report.md"
+    with open(out_dir / "minutes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
-    title = f"# PARA server soak: {run_id}" + (f" ({args.label})" if args.label else "")
+    outcome_rows = sorted(count.items(), key=lambda kv: (kv[0][0], -kv[1]))
+    cache = {k.split('"')[1]: v for k, v in end_metrics.items() if k.startswith("vllm_para:adapter_cache_total{")}
+    cold_n = end_metrics.get("vllm_para:adapter_cold_load_seconds_count")
+    cold_sum = end_metrics.get("vllm_para:adapter_cold_load_seconds_sum")
+    log_errors, log_tracebacks, log_lines = server_log_problems(log, log_cut)
+    summary = {
+        "run_id": run_id, "passed": passed, "command": command, "requests": args.requests,
+        "traffic_s": round(traffic_s, 1), "warmup_requests": warmup,
+        "gates": {k: {"value": v if isinstance(v, (int, float, str)) or v is None else str(v), "ok": g}
+                  for k, (v, g) in gates.items()},
+        "outcomes": {f"{k}/{o}": n for (k, o), n in outcome_rows},
+        "latency_ok_s": {"p50": pct(latencies, .5), "p99": pct(latencies, .99), "max": max(latencies, default=None)},
+        "rss": [{**p, **{k: round(p[k] / 2**20, 1) for k in ("start", "warm", "end", "growth", "max_after_warm", "kv_growth")}}
+                for p in proc_rows],
+        "server": {"root_pid": root_pid, "uptime_s": round(uptime_s, 1), "startup_s": round(server.startup_s, 1),
+                   "health_polls": monitor.polls, "health_ok": monitor.ok_polls, "health_slow": monitor.slow,
+                   "health_max_gap_s": round(monitor.max_gap, 2), "deaths": monitor.deaths,
+                   "pids_at_start": sorted(start_pids), "pids_at_end": sorted(end["procs"]),
+                   "vanished": vanished, "appeared": appeared, "exit_after_sigterm": stop_code},
+        "pages_in_use_end": pages, "adapters_in_host_memory_end": host_end, "adapter_cache": cache,
+        "cold_loads": cold_n, "admin": dict(admin.counts), "models_at_end": len(models_end),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+
+    title = f"# PARA server reliability soak: {run_id}" + (f" ({args.label})" if args.label else "")
     lines = [
         title, "",
+        f"**Verdict: {'PASS' if passed else 'FAIL'}**: {len(sent)} requests in {traffic_s / 60:.1f} min against one "
+        f"server that was up {uptime_s / 60:.1f} min and never restarted" if passed and not vanished else
         f"**Verdict: {'PASS' if passed else 'FAIL'}**", "",
         f"Command: `{command}`{via}  ", f"Started {started:%Y-%m-%d %H:%M:%S}; host {os.uname().nodename}, "
         f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}.", "",
-        "Server: `vllm serve <tiny llama> " + " ".join(
-            a if "=" not in a else a.split("=")[0] + "=<dir>" for a in server_args) + "` with "
-        "`VLLM_CPU_KVCACHE_SPACE=1 VLLM_ALLOW_RUNTIME_PARA_UPDATING=1`; "
-        f"adapters {sorted(adapter_paths)}; start-up {server.startup_s:.0f} s.", "",
-        f"Traffic: {args.requests} requests (first {warmup} = warm-up), concurrency {args.concurrency}, "
-        f"~{args.abort_frac:.0%} client aborts, ~{hostile_frac:.0%} hostile"
-        + (" (hostile cases OFF: --no-hostile)" if args.no_hostile else "")
-        + (f" (hostile cases matching `{args.skip_hostile}` skipped)" if args.skip_hostile and hostile_frac else "")
-        + f", adapter reload every {args.reload_every:g} s, seed {args.seed}.", "",
-        "## Gates", "", "| check | value | ok |", "|---|---|---|",
+        *([args.note, ""] if args.note else []),
+        "Server (one process tree, started once): `vllm serve <tiny llama> " + " ".join(
+            a if "=" not in a and not a.startswith("/") else ("<dir>" if a.startswith("/") else a.split("=")[0] + "=<dir>")
+            for a in server_args) + "` with `VLLM_CPU_KVCACHE_SPACE=1 VLLM_ALLOW_RUNTIME_PARA_UPDATING=1`, compiled "
+        f"forward; start-up {server.startup_s:.0f} s; assets built in {build_s:.0f} s.", "",
+        f"Adapters: `sql`, `qa` named at start-up; {len(dir_names)} in `--para-adapter-dir` (r {'/'.join(map(str, RANKS))}, "
+        f"{len(TARGET_SETS)} target sets, pooling {'/'.join(POOLINGS)}), loaded on first use into a host cache of "
+        f"{args.host_cache}.", "",
+        f"Traffic: {args.requests} requests (first {warmup} = warm-up), concurrency {args.concurrency}, released in bursts "
+        f"of {args.burst} every {burst_gap:.1f} s (spread over >= {args.min_duration:g} s); well-formed: "
+        f"15% base, 5% sql/qa, 80% directory names Zipf(s={args.zipf:g}); ~{args.abort_frac:.0%} client disconnects "
+        f"mid-stream / read timeout; ~{args.hostile_frac:.0%} hostile, drawn from `tests/hostile_cases.py` and "
+        f"`tests/adapter_corruptions.py` ({len(sh.hostile)} cases in "
+        f"{len({c.category for c in sh.hostile})} categories); admin load/unload of directory names every "
+        f"~{args.admin_every:g} s; seed {args.seed}.", "",
+        "## Bounds", "", "| bound | value | held |", "|---|---|---|",
         *[f"| {name} | {value} | {'yes' if good else '**NO**'} |" for name, (value, good) in gates.items()],
-        "", "## Numbers", "", "| measure | value |", "|---|---|",
-        f"| well-formed requests (normal / client-aborted) | {len(by_kind['normal'])} / {len(by_kind['abort'])} |",
-        f"| ok | {count['normal', 'ok']} |",
-        f"| aborted by the client / finished before the abort | {count['abort', 'aborted']} / "
-        f"{count['abort', 'abort_completed']} |",
-        f"| 404 for an adapter mid-reload (not failures) | "
-        f"{count['normal', 'mid_reload_404'] + count['abort', 'mid_reload_404']} |",
-        f"| failed well-formed | {len(failed)}" + (
-            f" ({sum(r.t0 >= health.first_death for r in failed)} of them sent after the death was seen)"
-            if health.first_death else "") + " |",
-        f"| hostile: sent / 4xx / 2xx / 5xx-or-error | {len(by_kind['hostile'])} / {count['hostile', 'rejected']} / "
-        f"{len(hostile_accepted)} / {len(hostile_fail)} |",
-        f"| requests not sent (engine dead) | {not_sent} |",
-        f"| adapter reload cycles / reload errors | {reloader.cycles} / {len(reloader.errors)} |",
-        f"| /health polls / deaths / slow (>10 s) | {health.polls} / {deaths} / {health.slow} |",
-        f"| warm-up wall time | {warm_s:.1f} s |",
-        f"| main phase: requests, wall time | {len(main_results)}, {main_s:.1f} s |",
-        f"| main phase throughput | {len(main_results) / main_s:.2f} req/s, {main_tokens / main_s:.1f} output tok/s |",
-        f"| latency of ok requests p50 / p99 / max | {pct(latencies, .5):.2f} / {pct(latencies, .99):.2f} / "
-        f"{max(latencies, default=float('nan')):.2f} s |",
-        f"| `{PAGES_METRIC}` after {args.idle:g} s idle | {pages}"
-        + (f" (after 10 s more: {pages_later})" if pages_later is not None else "") + " |",
-        f"| `side_buffer_pages_capacity` / `adapters_loaded` at end | "
-        f"{end_metrics.get('vllm_para:side_buffer_pages_capacity')} / {end_metrics.get('vllm_para:adapters_loaded')} |",
-        f"| server tree RSS: start / after warm-up / end / peak sampled | {mib(rss_start)} / {mib(rss_warm)} / "
-        f"{mib(rss_end)} / {mib(max([s for _, _, s in health.rss_samples] + [rss_end]))} |",
-        f"| RSS growth after warm-up: all / in anonymous mappings >= {BIG_MAPPING >> 20} MiB (KV cache) / rest | "
-        f"{rss_growth_mb:+.1f} / {big_growth / 2**20:+.1f} / {rss_growth_other_mb:+.1f} MB |",
-        "| RSS slope over the second half of the main phase | " + (
-            f"{tail_slope:+.1f} MB per 1000 requests |" if tail_slope == tail_slope else "n/a (run too short) |"),
-        f"| server alive at end / exit code after SIGTERM | {alive_at_end} / {stop_code} |",
-        f"| server log before shutdown: ERROR/CRITICAL lines / tracebacks | {log_errors} / {log_tracebacks} |",
+        "", "## Requests by outcome", "", "| kind | outcome | requests |", "|---|---|---|",
+        *[f"| {k} | {o} | {n} |" for (k, o), n in outcome_rows],
+        "",
+        f"Latency of ok requests (send to last byte): p50 {pct(latencies, .5):.2f} s, p99 {pct(latencies, .99):.2f} s, "
+        f"max {max(latencies, default=float('nan')):.2f} s; {len(sent) / max(traffic_s, 1e-6):.2f} requests/s overall.",
+        "", "## Per minute", "",
+        "RSS (MiB) of each server process at the minute's last sample; also in `minutes.csv`.", "",
+        "| min | done | ok | disconnects | 404 admin | hostile 4xx | failed | p50 s | p99 s | pages | in host | "
+        + " | ".join(f"{p['role']} {p['pid']}" for p in proc_rows) + " |",
+        "|" + "---|" * (11 + len(proc_rows)),
+        *[f"| {r['minute']} | {r['finished']} | {r['ok']} | {r['aborted']} | {r['404_admin']} | {r['hostile_refused']} "
+          f"| {r['failed']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['pages_in_use']} | {r['adapters_in_host_memory']} | "
+          + " | ".join(f"{r[f'rss_mib_{pid}']:.0f}" for pid in pids) + " |" for r in rows],
+        "", "## RSS of every server process", "",
+        f"Baseline: after the {warmup}-request warm-up. Bound: end minus baseline < {args.max_rss_growth_mb:g} MB for "
+        "each process.", "",
+        "| pid | process | role | start | after warm-up | end | growth | of it in the KV cache mapping | max after warm-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[f"| {p['pid']} | `{p['name']}` | {p['role']} | {mib(p['start'])} | {mib(p['warm'])} | {mib(p['end'])} | "
+          f"{p['growth'] / 2**20:+.1f} MB | {p['kv_growth'] / 2**20:+.1f} MB | {mib(p['max_after_warm'])} |"
+          for p in proc_rows],
+        f"| | | **all** | {mib(sum(p['start'] for p in proc_rows))} | {mib(sum(p['warm'] for p in proc_rows))} | "
+        f"{mib(sum(p['end'] for p in proc_rows))} | {total_growth / 2**20:+.1f} MB | |",
+        "", "## Server: one process tree, never restarted", "",
+        "| measure | value |", "|---|---|",
+        f"| API server PID start / end | {root_pid} / {root_pid if end['procs'].get(root_pid) else 'gone'} |",
+        f"| processes at start / at end | {sorted(start_pids)} / {sorted(end['procs'])} |",
+        f"| start-up processes gone / processes that appeared | {vanished or 'none'} / {appeared or 'none'} |",
+        f"| uptime at the end | {uptime_s:.0f} s ({uptime_s / 60:.1f} min) |",
+        f"| /health polls (every 1 s): 200 / not 200 or refused / slow (> 10 s) | {monitor.ok_polls} / "
+        f"{len(monitor.deaths)} / {monitor.slow} |",
+        f"| longest time between two 200 answers of /health | {monitor.max_gap:.1f} s |",
+        f"| alive at the end / exit code after SIGTERM | {alive_at_end} / {stop_code} |",
+        f"| `{PAGES_METRIC}` at the end | {pages} |",
+        f"| `{HOST_METRIC}` at the end / max sampled | {host_end} / "
+        f"{max([x['host'] for x in monitor.samples + [end] if x['host'] is not None], default=None)} |",
+        f"| first-use cache hit / miss; cold loads (mean s) | {cache.get('hit')} / {cache.get('miss')}; {cold_n} "
+        f"({(cold_sum / cold_n) if cold_n else float('nan'):.3f} s) |",
+        f"| admin churn | {', '.join(f'{k}: {v}' for k, v in sorted(admin.counts.items()))} |",
+        f"| server log before shutdown: ERROR/CRITICAL lines / tracebacks (not a bound) | {log_errors} / {log_tracebacks} |",
     ]
-    running = {k: v for k, v in end_metrics.items() if k.startswith(("vllm:num_requests_running",
-                                                                    "vllm:num_requests_waiting"))}
-    if running:
-        lines.append(f"| vLLM running / waiting requests at end | {sum(v for k, v in running.items() if 'running' in k):g}"
-                     f" / {sum(v for k, v in running.items() if 'waiting' in k):g} |")
-    lines += ["", "## Server RSS per process", "", "| process | after warm-up | end | growth |", "|---|---|---|---|"]
-    for key in sorted(set(rss_warm_by_proc) | set(rss_end_by_proc)):
-        w, e = rss_warm_by_proc.get(key, 0), rss_end_by_proc.get(key, 0)
-        lines.append(f"| {key} | {mib(w)} | {mib(e)} | {(e - w) / 2**20:+.1f} MB |")
-    if big_warm or big_end:
-        describe = lambda m: "; ".join(f"{k}: {mib(sz)} mapped, {mib(r)} resident" for k, (sz, r) in sorted(m.items()))  # noqa: E731
-        lines += ["", f"Anonymous mappings >= {BIG_MAPPING >> 20} MiB (pid address): after warm-up {describe(big_warm)}; "
-                  f"at end {describe(big_end)}."]
-    if health.rss_samples:
-        samples = health.rss_samples
-        step = max(1, len(samples) // 20)
-        picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
-        t_first = samples[0][0]
-        lines += ["", "## Server tree RSS over time (sampled every 2 s)", "", "| s | requests done | RSS |",
-                  "|---|---|---|", *[f"| {t - t_first:.0f} | {done} | {mib(rss)} |" for t, done, rss in picked]]
-    mix = Counter(r.desc.split("/abort")[0].split("/timeout")[0] for r in results if r.kind != "hostile" and r.desc)
-    lines += ["", "## Request mix (well-formed)", "", ", ".join(f"`{k}` {v}" for k, v in sorted(mix.items()))]
-    if by_kind["hostile"]:
-        lines += ["", "## Hostile cases", "", "| case | sent | 4xx | 2xx | 5xx/error | example answer |",
-                  "|---|---|---|---|---|---|"]
-        cases: dict[str, list[Result]] = {}
-        for r in by_kind["hostile"]:
-            cases.setdefault(r.desc, []).append(r)
-        for name, rs in sorted(cases.items()):
-            c = Counter(r.outcome for r in rs)
-            worst = next((r for r in rs if r.outcome != "rejected"), rs[0])
-            detail = worst.detail.replace("|", "\\|").replace("\n", " ")[:160]
-            lines.append(f"| `{name}` | {len(rs)} | {c['rejected']} | {c['accepted']} | {c['fail']} | {detail} |")
-    problems = failed + hostile_fail + hostile_accepted
+    hcount: dict[str, Counter] = {}
+    case_by_name = {c.name: c for c in sh.hostile}
+    for r in hostile:
+        hcount.setdefault(case_by_name[r.desc].category if r.desc in case_by_name else "?", Counter())[r.outcome] += 1
+    lines += ["", "## Hostile requests by category", "",
+              "| category | cases | sent | refused as the suite expects | other |", "|---|---|---|---|---|",
+              *[f"| {cat} | {sum(1 for x in sh.hostile if x.category == cat)} | {sum(c.values())} | {c['refused']} | "
+                f"{sum(c.values()) - c['refused']} |" for cat, c in sorted(hcount.items())]]
+    problems = failed + hostile_bad
     if problems:
-        lines += ["", "## Failures (first 25; grouped by description)", ""]
+        lines += ["", "## Failures (first 25, grouped)", ""]
         groups = Counter((r.kind, r.desc.split("/abort")[0].split("/timeout")[0], r.detail[:200]) for r in problems)
         for (kind, desc, detail), n in groups.most_common(25):
-            lines.append(f"- {n} x {kind} `{desc}`: {detail}")
-    if health.deaths:
-        lines += ["", "## Engine deaths", "", *[f"- {d}" for d in health.deaths]]
-    if reloader.errors:
-        lines += ["", "## Reload errors (first 10)", "", *[f"- {e}" for e in reloader.errors[:10]]]
+            lines.append(f"- {n} x {kind} `{desc}`: {detail.replace(chr(10), ' ')}")
+    if monitor.deaths:
+        lines += ["", "## Engine deaths", "", *[f"- {d}" for d in monitor.deaths]]
+    if admin.errors:
+        lines += ["", "## Admin call errors (first 10)", "", *[f"- {e}" for e in admin.errors[:10]]]
     if log_lines:
         lines += ["", f"## Server log: first distinct error messages ({log_errors} ERROR lines in all)", "", "```",
-                  *log_lines, "```"]
-    report.write_text("\n".join(lines) + "\n")
+                  *[x[:300] for x in log_lines], "```"]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
     print("\n".join(["", f"[soak] {'PASS' if passed else 'FAIL'} ({run_id})",
                      *[f"  {'ok ' if good else 'BAD'} {name}: {value}" for name, (value, good) in gates.items()],
-                     f"  throughput (main phase): {len(main_results) / main_s:.2f} req/s, "
-                     f"{main_tokens / main_s:.1f} tok/s; ok {len(ok)}, mid-reload 404 "
-                     f"{count['normal', 'mid_reload_404'] + count['abort', 'mid_reload_404']}, "
-                     f"aborted {count['abort', 'aborted']}, hostile {len(by_kind['hostile'])}",
-                     f"  RSS start/warm/end: {mib(rss_start)} / {mib(rss_warm)} / {mib(rss_end)}",
-                     f"  report: {report}"]), flush=True)
+                     f"  {len(sent)} requests in {traffic_s:.0f} s; ok p50/p99 {pct(latencies, .5):.2f} / "
+                     f"{pct(latencies, .99):.2f} s; uptime {uptime_s:.0f} s",
+                     f"  report: {out_dir / 'report.md'}"]), flush=True)
     if passed and args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     else:
