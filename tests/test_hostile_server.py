@@ -304,15 +304,22 @@ def test_base_model_name_is_not_an_adapter(server, fixed_output, tiny_llama, ada
     _still_fine(server, fixed_output)
 
 
-def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_llama, adapters, tmp_path):
+LOAD_TIMEOUT_S = 5.0  # --para-load-timeout's default: no load may take much longer
+
+
+@pytest.mark.parametrize("via", ["admin", "first_use"])
+def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_llama, adapters, adapter_dir,
+                                                     tmp_path, via):
     """A real race against the server: a thread swaps tt/adapter_model.safetensors between a regular
-    file and a FIFO (by rename) while admin loads of `tt` run one after another and another thread
-    keeps sending base requests. Each load is a 200 or a 400, fast; base requests never stall
-    (before, a worker's open() of the FIFO blocked every tenant for ~70 s)."""
+    file and a FIFO (by rename) while loads of `tt` (admin loads, or first-use requests naming it in
+    --para-adapter-dir) run one after another and another thread keeps sending base requests. Each
+    load is a 200 or a 400 within the deadline; base requests never stall (before, a worker's
+    open() of the FIFO blocked every tenant for ~70 s)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    d = tmp_path / "tt"
+    name = "tt" if via == "admin" else "tt-first-use"
+    d = (tmp_path if via == "admin" else adapter_dir) / name
     shutil.copytree(adapters["sql"], d)
     weights = d / "adapter_model.safetensors"
     regular = tmp_path / "regular.bin"
@@ -348,18 +355,37 @@ def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_
         try:
             for _ in range(12):
                 began = time.monotonic()
-                r = _load(server, "tt", d)
+                r = _load(server, name, d) if via == "admin" else server.post("/v1/completions", _body(name, PROMPTS[0]))
                 assert r.status_code in (200, 400), r.text[:300]
-                assert time.monotonic() - began < 15, "a load stalled"
+                assert time.monotonic() - began < LOAD_TIMEOUT_S + 5, "a load stalled"
                 statuses.append(r.status_code)
                 if r.status_code == 200:
-                    assert _unload(server, "tt").status_code == 200
+                    assert _unload(server, name).status_code == 200
         finally:
             stop.set()
             swapper.join(5)
         worst_base = base.result(timeout=60)
-    assert worst_base < 15, f"a base request took {worst_base:.1f} s during the race"
+    assert worst_base < LOAD_TIMEOUT_S + 5, f"a base request took {worst_base:.1f} s during the race"
     assert 200 in statuses or 400 in statuses
+    assert name not in {m["id"] for m in server.get("/v1/models").json()["data"]}
+    _still_fine(server, fixed_output)
+
+
+@pytest.mark.parametrize("fname", ["adapter_model.safetensors", "para_config.json"])
+def test_fifo_in_place_of_a_file_is_400_at_once(server, fixed_output, adapters, adapter_dir, fname):
+    """Only a FIFO where an adapter file should be (nothing ever writes to it): the admin load and
+    the first-use load are each a 400 saying so, at once (opened O_NONBLOCK, refused on fstat),
+    never a wait for a writer."""
+    name = "fifo-" + fname.split(".")[0].replace("_", "-")
+    d = adapter_dir / name
+    shutil.copytree(adapters["sql"], d)
+    (d / fname).unlink()
+    os.mkfifo(d / fname)
+    for send in (lambda: _load(server, name, d), lambda: server.post("/v1/completions", _body(name, PROMPTS[0]))):
+        began = time.monotonic()
+        _refused(send(), 400, "not a regular file")
+        assert time.monotonic() - began < LOAD_TIMEOUT_S, "the load waited on the FIFO"
+    assert name not in {m["id"] for m in server.get("/v1/models").json()["data"]}
     _still_fine(server, fixed_output)
 
 
