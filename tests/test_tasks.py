@@ -281,10 +281,11 @@ def test_study_never_scores_the_base_in_a_lora_engine(tmp_path):
 
     cfg = StudyConfig(tasks=("qa",), n_train=4, n_val=2, n_test=2, multitask=False)
     data = Data(cfg, tmp_path)
-    jobs = [Job(m, "qa", 1e-3, 0, _spec(METHODS[m])) for m in ("para", "lora_r8", "lora_matched", "ia3")]
+    jobs = [Job(m, "qa", 1e-3, 0, _spec(METHODS[m])) for m in ("para", "lora_r8", "lora_matched", "ia3", "bitfit")]
     plan = engine_requests(jobs, data, cached=set(), include_base=True)
     assert {e: any(r["adapter"] is None for r in reqs) for e, (_, reqs) in plan.items()} == \
         {"para": True, "lora": False, "transformers": False}
+    assert {j.label for j in plan["para"][0]} == {"para", "ia3"}  # (IA)^3 is served by the plugin
     lora_only = engine_requests(jobs[1:3], data, cached=set(), include_base=True)
     assert all(r["adapter"] for r in lora_only["lora"][1])  # the base still comes from a PARA (plain) engine
     assert lora_only["para"][1] and all(r["adapter"] is None for r in lora_only["para"][1])

@@ -108,9 +108,9 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
              f"(multi-task adapter: {cfg.multi_steps} steps on all tasks mixed), cosine schedule, "
              f"learning rate picked per method and task on the validation split from {dict(cfg.lr_grid)}. "
              f"Seeds: {list(cfg.seeds)}. Greedy decoding. Metrics (test, %): {metric_names}.\n")
-    L.append("Engines: `vllm` = all PARA adapters and the base model in ONE vLLM engine (this plugin); "
-             "`vllm-lora` = all LoRA adapters in ONE vLLM engine (vLLM multi-LoRA); `transformers` = (IA)^3 "
-             "and BitFit, which vLLM does not serve, through transformers' `generate`.\n")
+    L.append("Engines: `vllm` = all PARA and (IA)^3 adapters and the base model in ONE vLLM engine (this plugin; "
+             "(IA)^3 as static PARA vectors); `vllm-lora` = all LoRA adapters in ONE vLLM engine (vLLM "
+             "multi-LoRA); `transformers` = BitFit, which vLLM does not serve, through transformers' `generate`.\n")
 
     # ---- main table
     cells = _cells(rows)

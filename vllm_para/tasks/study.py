@@ -156,7 +156,8 @@ class Job:
     @property
     def engine(self) -> str:
         method = self.args["method"]
-        return {"para": "para", "lora": "lora"}.get(method, "transformers")
+        # (IA)^3 adapters are served by this plugin (static PARA vectors) in the PARA engine
+        return {"para": "para", "ia3": "para", "lora": "lora"}.get(method, "transformers")
 
 
 def _spec(d: dict) -> tuple:

@@ -26,6 +26,7 @@ class SlotWeights:
     up: torch.Tensor  # [L, V, r] (in a slot: a view of rank-major storage, so up[l].t() is contiguous)
     up_bias: torch.Tensor  # [L, V]
     pooling: str
+    static: bool = False  # (IA)^3: W_down = W_up = 0, so every prompt's vector is exactly up_bias
 
 
 class _ResidentSlots(LRUCache):
@@ -68,6 +69,7 @@ class AdapterSlots:
         self.up_bias = torch.ones(num_slots, L, V, device=device)
         self._rank = [0] * num_slots
         self._pooling = ["last"] * num_slots
+        self._static = [False] * num_slots
         self._resident = _ResidentSlots(num_slots, list(range(num_slots - 1, -1, -1)))
         self.loads = 0
 
@@ -94,7 +96,7 @@ class AdapterSlots:
     def _view(self, slot: int) -> SlotWeights:
         r = self._rank[slot]
         up = self.up[slot, :, :r].transpose(1, 2)  # [L, V, r] view; up[l].t() is a contiguous [r, V] block
-        return SlotWeights(self.down[slot, :, :r], up, self.up_bias[slot], self._pooling[slot])
+        return SlotWeights(self.down[slot, :, :r], up, self.up_bias[slot], self._pooling[slot], self._static[slot])
 
     def acquire(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], SlotWeights]:
         """Make every (name, version) in `keys` usable for this step."""
@@ -113,7 +115,7 @@ class AdapterSlots:
                         resident.remove_oldest()  # least recently used adapter not in this step
                     if not resident.free:  # more adapters in this step than slots: temporary copy
                         w = self._read(entry).to(device=self.device, dtype=torch.float32)
-                        out[key] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling)
+                        out[key] = SlotWeights(w.down, w.up, w.up_bias, entry.config.pooling, entry.kind == "ia3")
                         continue
                     slot = resident.free.pop()
                     self._fill(slot, entry)
@@ -134,3 +136,4 @@ class AdapterSlots:
         self.up_bias[slot].copy_(w.up_bias, non_blocking=True)
         self._rank[slot] = r
         self._pooling[slot] = entry.config.pooling
+        self._static[slot] = entry.kind == "ia3"
