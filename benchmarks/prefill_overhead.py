@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    spec, base, adapters = build_full_model("prefill_overhead_", args.adapters, args.model)
+    spec, base, adapters = build_full_model("prefill_overhead_", args.adapters, args.model, args.adapter_kind)
     names = list(adapters)
     llm = LLM(model=str(base), dtype=args.dtype, max_model_len=512, max_num_seqs=max(args.batch, 16), seed=0,
               gpu_memory_utilization=0.2,
@@ -70,10 +70,12 @@ def main(argv=None) -> int:
     diff_ms = P.spread(1000 * (by[(r, "adapter")] - by[(r, "none")]) for r in range(args.rounds))
     ratio = P.spread(by[(r, "adapter")] / by[(r, "none")] for r in range(args.rounds))
     per = {s: P.spread(1000 * x["prefill_s"] for x in rows if x["system"] == s) for s in systems}
-    lines = report_head(f"PARA's per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) per pass)",
-                        args.label) + [
+    interval = P.median_interval(by[(r, "adapter")] / by[(r, "none")] for r in range(args.rounds))
+    kind = "PEFT (IA)^3" if args.adapter_kind == "ia3" else "PARA"
+    lines = report_head(f"{kind} adapters' per-prompt prefill cost, one engine ({args.dtype}, {args.batch} prompt(s) "
+                        "per pass)", args.label) + [
         f"- model: {spec.describe()}, compiled; "
-        f"{args.adapters} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
+        f"{args.adapters} {kind} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
         f"- {args.rounds} rounds, ABBA, each: a prefill pass (max_tokens=1) with adapters and one without, "
         "in the same PARA engine; warm-up excluded",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", "",
@@ -85,6 +87,10 @@ def main(argv=None) -> int:
         f"| difference per pass, per round (ms) | {diff_ms.median:.3f} | {diff_ms.lo:.3f}-{diff_ms.hi:.3f} |",
         f"| difference per prompt (ms) | {diff_ms.median / args.batch:.3f} | |",
         f"| with / without, per round | {ratio.median:.3f} | {ratio.lo:.3f}-{ratio.hi:.3f} |",
+        "",
+        f"Distribution-free interval of the median with/without ratio: {interval.lo:.3f}-{interval.hi:.3f} "
+        f"({100 * interval.coverage:.0f}% coverage); it "
+        + ("contains" if interval.lo <= 1.0 <= interval.hi else "does not contain") + " 1.0.",
     ]
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
