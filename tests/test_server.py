@@ -66,6 +66,8 @@ def test_models_lists_adapters_with_parent(server, tiny_llama):
     assert cards["sql"]["parent"] == cards["qa"]["parent"] == cards["ia3"]["parent"] == str(tiny_llama)
     assert str(tiny_llama) in cards
     assert cards["sql"]["metadata"] == {"kind": "para"} and cards["ia3"]["metadata"] == {"kind": "ia3"}
+    assert server.metric("vllm_para:adapters_loaded_by_kind", '{kind="ia3"}') == 1.0
+    assert server.metric("vllm_para:adapters_loaded_by_kind", '{kind="para"}') == 2.0
 
 
 def test_ia3_adapter_over_http_equals_peft(server, tiny_llama, ia3_adapter):

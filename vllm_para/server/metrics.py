@@ -26,6 +26,10 @@ GENERATION_TOKENS = Counter(
     "vllm_para:generation_tokens", "Generated tokens, per PARA adapter (__base__: none).", ["adapter"]
 )
 ADAPTERS_LOADED = Gauge("vllm_para:adapters_loaded", "PARA adapters currently loaded.")
+ADAPTER_KINDS = ("para", "ia3")  # fixed label values: no series per adapter name
+ADAPTERS_LOADED_BY_KIND = Gauge(
+    "vllm_para:adapters_loaded_by_kind", "Adapters currently loaded, per kind (para; ia3: PEFT (IA)^3).", ["kind"]
+)
 PAGES_IN_USE = Gauge("vllm_para:side_buffer_pages_in_use", "Side-buffer pages held by running sequences.")
 PAGES_CAPACITY = Gauge("vllm_para:side_buffer_pages_capacity", "Side-buffer pages in total.")
 BUFFER_BYTES = Gauge("vllm_para:side_buffer_bytes", "Side-buffer size in bytes (per worker).")
@@ -90,6 +94,9 @@ class WorkerStatsRefresher:
 
         registry = frontend_registry(self.engine_client.vllm_config)
         ADAPTERS_LOADED.set(len(registry.names()) if registry is not None else 0)
+        kinds = registry.kinds() if registry is not None else {}
+        for kind in ADAPTER_KINDS:
+            ADAPTERS_LOADED_BY_KIND.labels(kind).set(kinds.get(kind, 0))
         stats = (await self.engine_client.collective_rpc("para_stats"))[0]
         if stats:
             PAGES_IN_USE.set(stats["pages_in_use"])
