@@ -140,6 +140,26 @@ def build_para_fleet(base: Path, directory: Path, names: list[str], seed: int = 
             for i, name in enumerate(names)}
 
 
+def build_ia3_fleet(base: Path, directory: Path, names: list[str], seed: int = 0) -> int:
+    """PEFT (IA)^3 adapters `directory/<name>/` (PEFT's default Llama targets: k, v, down as
+    feed-forward), written by PEFT's own save_pretrained from one PEFT model whose vectors are
+    re-drawn per name (1 + 0.3 randn). Returns the trainable parameters per adapter."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+                                peft.IA3Config(task_type="CAUSAL_LM"))
+    vectors = [p for n, p in model.named_parameters() if "ia3_l" in n]
+    for i, name in enumerate(names):
+        gen = torch.Generator().manual_seed(seed * 100_003 + i)
+        with torch.no_grad():
+            for p in vectors:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
+        model.save_pretrained(str(directory / name))
+    return sum(p.numel() for p in vectors)
+
+
 def lora_slot_bytes(spec: ModelSpec, vocab_size: int, max_lora_rank: int, dtype_bytes: int) -> int:
     """Bytes of ONE of vLLM's device LoRA slots (`--max-loras` of them are allocated at start-up).
 

@@ -133,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--systems", default=None,
                    help=f"comma-separated, from {','.join(SYSTEMS)} (fleet: {','.join(FLEET_SYSTEMS)}); default all")
     p.add_argument("--fleet-adapters", type=int, default=1000, help="fleet: adapters per system (default 1000)")
+    p.add_argument("--adapter-kind", default="para", choices=("para", "ia3"),
+                   help="fleet: the plugin's adapters are PARA (default) or PEFT (IA)^3 directories")
     p.add_argument("--fleet-host-cache", type=int, default=64,
                    help="fleet: --max-cpu-para-adapters / --max-cpu-loras (default 64)")
     p.add_argument("--fleet-device-slots", type=int, default=8,

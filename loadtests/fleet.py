@@ -108,6 +108,7 @@ class FleetPlan:
     host_cache: int = HOST_CACHE
     device_slots: int = DEVICE_SLOTS
     enforce_eager: bool = False
+    adapter_kind: str = "para"  # the "para" system's adapters: PARA, or PEFT (IA)^3 served by the plugin
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "FleetPlan":
@@ -118,7 +119,7 @@ class FleetPlan:
                    args.requests or d.requests, args.prompt_words or d.prompt_words, args.max_tokens or d.max_tokens,
                    zipf, args.seed, args.dtype, args.rounds or d.rounds, args.warmup_requests, args.run_time,
                    args.startup_timeout, args.fleet_host_cache, args.fleet_device_slots,
-                   getattr(args, "enforce_eager", False))
+                   getattr(args, "enforce_eager", False), getattr(args, "adapter_kind", "para"))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -154,6 +155,12 @@ def setup_fleet_system(system: str, base: Path, work: Path, plan: FleetPlan) -> 
     """Build `system`'s adapter directory (the N tenants + the warm-up adapter) and its server settings."""
     names = [WARMUP_ADAPTER, *plan.names]
     directory = work / f"{system}-fleet"
+    if system == "para" and plan.adapter_kind == "ia3":
+        params = ad.build_ia3_fleet(base, directory, names, plan.seed)
+        flags = ["--enable-para", "--para-adapter-dir", str(directory), "--max-cpu-para-adapters",
+                 str(plan.host_cache), "--max-para-adapters", str(plan.device_slots)]
+        return FleetSystem(system, flags, {}, params, "PEFT (IA)^3 on k, v, down (feed-forward), served as static "
+                                                      "PARA vectors")
     if system == "para":
         ad.build_para_fleet(base, directory, names, plan.seed)
         # device slots sized for rank 12 (vLLM sizes LoRA slots at --max-lora-rank, the smallest allowed >= r)

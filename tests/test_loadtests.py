@@ -193,6 +193,23 @@ def test_fleet_arguments_and_defaults():
         parse_args(["--scenario", "fleet", "--systems", "base"])
 
 
+def test_fleet_ia3_kind(tmp_path):
+    """--adapter-kind ia3: the plugin's fleet is PEFT (IA)^3 directories, written by PEFT, that the
+    plugin's loader reads as (IA)^3 (no engine here; serving them is tests/test_ia3_engine.py)."""
+    from loadtests import adapters as ad
+    from loadtests.compare import parse_args
+    from loadtests.fleet import FleetPlan
+    from vllm_para.adapter import read_adapter_files
+    from vllm_para.testing.tiny_models import build_tiny_model
+
+    assert FleetPlan.from_args(parse_args(["--scenario", "fleet", "--adapter-kind", "ia3"])).adapter_kind == "ia3"
+    base = build_tiny_model(tmp_path / "base", arch="llama")
+    params = ad.build_ia3_fleet(base, tmp_path / "fleet", ["tenant-0000", "tenant-0001"])
+    files = [read_adapter_files(tmp_path / "fleet" / n) for n in ("tenant-0000", "tenant-0001")]
+    assert [f.kind for f in files] == ["ia3", "ia3"] and files[0].digest != files[1].digest
+    assert params > 0
+
+
 def test_fleet_cold_and_warm_requests():
     from loadtests.fleet import ColdTracker
 
