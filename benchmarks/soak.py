@@ -639,10 +639,11 @@ class Monitor(threading.Thread):
 
     def sample(self) -> dict:
         row = {"t": time.monotonic(), "done": self.progress(), "procs": processes(self.proc.pid),
-               "pages": None, "host": None}
+               "pages": None, "host": None, "misses": None}
         try:
             m = scrape(self.sh.url)
             row["pages"], row["host"] = m.get(PAGES_METRIC), m.get(HOST_METRIC)
+            row["misses"] = m.get('vllm_para:adapter_cache_total{result="miss"}')
         except requests.RequestException:
             pass
         for pid, (name, _) in row["procs"].items():
@@ -948,11 +949,14 @@ def main() -> int:
         smp = [x for x in monitor.samples + [end] if x["t"] < hi]
         last = smp[-1] if smp else first
         c = Counter(r.outcome for r in rs)
+        prev = [x["misses"] for x in monitor.samples + [end] if x["t"] < lo and x["misses"] is not None]
+        cur = [x["misses"] for x in smp if x["misses"] is not None]
         rows.append({
             "minute": m + 1, "finished": len(rs), "ok": c["ok"], "aborted": c["aborted"] + c["abort_completed"],
             "404_admin": c["404_during_admin_call"], "hostile_refused": c["refused"],
             "failed": sum(1 for r in rs if r.outcome == "fail" or (r.kind == "hostile" and r.outcome != "refused")),
             "p50_s": round(pct(lat, .5), 3), "p99_s": round(pct(lat, .99), 3),
+            "first_use_loads": (cur[-1] - (prev[-1] if prev else 0)) if cur else None,
             "pages_in_use": last["pages"], "adapters_in_host_memory": last["host"],
             **{f"rss_mib_{pid}": round(last["procs"].get(pid, ("", 0))[1] / 2**20, 1) for pid in pids},
         })
@@ -1020,11 +1024,12 @@ def main() -> int:
         f"max {max(latencies, default=float('nan')):.2f} s; {len(sent) / max(traffic_s, 1e-6):.2f} requests/s overall.",
         "", "## Per minute", "",
         "RSS (MiB) of each server process at the minute's last sample; also in `minutes.csv`.", "",
-        "| min | done | ok | disconnects | 404 admin | hostile 4xx | failed | p50 s | p99 s | pages | in host | "
-        + " | ".join(f"{p['role']} {p['pid']}" for p in proc_rows) + " |",
-        "|" + "---|" * (11 + len(proc_rows)),
+        "| min | done | ok | disconnects | 404 admin | hostile 4xx | failed | p50 s | p99 s | first-use loads | pages "
+        "| in host | " + " | ".join(f"{p['role']} {p['pid']}" for p in proc_rows) + " |",
+        "|" + "---|" * (12 + len(proc_rows)),
         *[f"| {r['minute']} | {r['finished']} | {r['ok']} | {r['aborted']} | {r['404_admin']} | {r['hostile_refused']} "
-          f"| {r['failed']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['pages_in_use']} | {r['adapters_in_host_memory']} | "
+          f"| {r['failed']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['first_use_loads']} | {r['pages_in_use']} "
+          f"| {r['adapters_in_host_memory']} | "
           + " | ".join(f"{r[f'rss_mib_{pid}']:.0f}" for pid in pids) + " |" for r in rows],
         "", "## RSS of every server process", "",
         f"Baseline: after the {warmup}-request warm-up. Bound: end minus baseline < {args.max_rss_growth_mb:g} MB for "
