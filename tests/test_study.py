@@ -40,7 +40,7 @@ def test_job_planning():
     assert len(ablations) == n_variants * len(cfg.ablation_tasks)
     assert all(j.lr == chosen[("para", j.task)] for j in ablations)
     engines = {j.label: j.engine for j in grid}
-    assert engines == {"para": "para", "lora_matched": "lora", "lora_r8": "lora", "ia3": "transformers",
+    assert engines == {"para": "para", "lora_matched": "lora", "lora_r8": "lora", "ia3": "para",
                        "bitfit": "transformers"}
     assert study.Job("para[r=4]", "qa", 0.01, 0, ()).id == "para-r4__qa__lr0.01__s0"
 
