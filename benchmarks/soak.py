@@ -160,6 +160,7 @@ class Shared:
     hostile: list  # HostileCase
     proc: object = None  # the server's Popen: a connection error with it gone means the engine died
     deadline: float = float("inf")  # time.monotonic() after which no request is sent
+    warmup: int = 0  # requests idx < warmup name the directory adapters round-robin, not Zipf
     dead: threading.Event = field(default_factory=threading.Event)
     local: threading.local = field(default_factory=threading.local)
 
@@ -178,11 +179,14 @@ def prompt_text(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60)))
 
 
-def well_formed_body(rng: random.Random, sh: Shared) -> tuple[str, dict, str | None, str]:
-    """(path, body, adapter, description) of a valid request."""
+def well_formed_body(rng: random.Random, sh: Shared, idx: int = 0) -> tuple[str, dict, str | None, str]:
+    """(path, body, adapter, description) of a valid request. During the warm-up the directory
+    adapters are named round-robin (every adapter configuration served before the RSS baseline);
+    after it, Zipf-drawn."""
     chat = rng.random() < 0.5
     roll = rng.random()
-    adapter = None if roll < 0.15 else (rng.choice(STATIC) if roll < 0.20 else sh.zipf.draw(rng))
+    dir_name = sh.zipf.names[idx % len(sh.zipf.names)] if idx < sh.warmup else sh.zipf.draw(rng)
+    adapter = None if roll < 0.15 else (rng.choice(STATIC) if roll < 0.20 else dir_name)
     via_xargs = adapter is not None and rng.random() < 0.15
     body: dict = {"model": sh.base if adapter is None or via_xargs else adapter,
                   "max_tokens": rng.randint(1, 32)}
@@ -350,7 +354,7 @@ def run_one(idx: int, seed: int, sh: Shared, hostile_frac: float, abort_frac: fl
         return Result(idx, kind, "", outcome="not_sent_time")
     if kind == "hostile":
         return run_hostile(idx, rng, sh)
-    path, body, adapter, desc = well_formed_body(rng, sh)
+    path, body, adapter, desc = well_formed_body(rng, sh, idx)
     res = Result(idx, kind, desc, adapter=adapter, t0=time.monotonic())
     try:
         if kind == "abort":
@@ -746,7 +750,8 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=64, help="requests released together (then idle until the next)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=500,
-                        help="requests before the baseline RSS sample (at most half of --requests)")
+                        help="requests before the baseline RSS sample (at most half of --requests); they name "
+                             "the directory adapters round-robin")
     parser.add_argument("--dir-adapters", type=int, default=200, help="adapters in --para-adapter-dir")
     parser.add_argument("--host-cache", type=int, default=16, help="--max-cpu-para-adapters")
     parser.add_argument("--slots", type=int, default=4, help="--max-para-adapters (VG device slots)")
@@ -808,7 +813,7 @@ def main() -> int:
         root_pid = server.proc.pid
         root_created = psutil.Process(root_pid).create_time()
         sh = Shared(server.url, base, Zipf(dir_names, args.zipf, args.seed), hostile_cases(base, static, corruptions),
-                    proc=server.proc)
+                    proc=server.proc, warmup=warmup)
         monitor = Monitor(sh, server.proc, args.sample_every, progress=lambda: len(results))
         first = monitor.sample()
         monitor.samples.append(first)
@@ -1008,7 +1013,8 @@ def main() -> int:
         f"Adapters: `sql`, `qa` named at start-up; {len(dir_names)} in `--para-adapter-dir` (r {'/'.join(map(str, RANKS))}, "
         f"{len(TARGET_SETS)} target sets, pooling {'/'.join(POOLINGS)}), loaded on first use into a host cache of "
         f"{args.host_cache}.", "",
-        f"Traffic: {args.requests} requests (first {warmup} = warm-up), concurrency {args.concurrency}, released in bursts "
+        f"Traffic: {args.requests} requests (first {warmup} = warm-up, naming the directory adapters round-robin so "
+        "every adapter configuration is served before the RSS baseline; Zipf after it), concurrency {args.concurrency}, released in bursts "
         f"of {args.burst} every {burst_gap:.1f} s (spread over >= {args.min_duration:g} s); well-formed: "
         f"15% base, 5% sql/qa, 80% directory names Zipf(s={args.zipf:g}); ~{args.abort_frac:.0%} client disconnects "
         f"mid-stream / read timeout; ~{args.hostile_frac:.0%} hostile, drawn from `tests/hostile_cases.py` and "
