@@ -21,10 +21,14 @@ No vLLM import; needs torch and safetensors only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -631,3 +635,31 @@ def generate_valid_variants(good_dir: Path, out_dir: Path) -> list[ValidVariant]
     link.symlink_to(good_dir.resolve(), target_is_directory=True)
     variants.append(ValidVariant("good_dir_symlink", link))
     return variants
+
+
+@contextlib.contextmanager
+def swapping_with_fifo(path: Path, scratch: Path, pause: float = 0.0):
+    """While the block runs, a thread swaps `path` (a regular file) with a FIFO and back, by
+    rename, over and over: a real race for loaders that check a file and then open it by name."""
+    regular, spare_regular, spare_fifo = scratch / "regular.bin", scratch / "r2", scratch / "f2"
+    shutil.copy(path, regular)
+    shutil.copy(regular, spare_regular)
+    os.mkfifo(spare_fifo)
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            os.replace(spare_fifo, path)  # a FIFO now
+            os.mkfifo(spare_fifo)
+            time.sleep(pause)
+            os.replace(spare_regular, path)  # a regular file again
+            shutil.copy(regular, spare_regular)
+            time.sleep(pause)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        swapper.join(5)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapter_corruptions import CONFIG_FILE, WEIGHTS_FILE, generate_corruptions, generate_valid_variants
+from adapter_corruptions import (
+    CONFIG_FILE, WEIGHTS_FILE, generate_corruptions, generate_valid_variants, swapping_with_fifo,
+)
 
 from vllm_para.adapter import PARAAdapterError, load_adapter
 from vllm_para.config import ModelShape, PARAConfigError
@@ -219,33 +221,14 @@ def test_fifo_swapped_in_while_reading_never_hangs(good_adapter, base_shape, tmp
     (by rename) while the adapter is loaded over and over. Every load either succeeds (the bytes
     of the regular file) or is refused as not a regular file; none blocks (a FIFO opened by name
     without O_NONBLOCK would wait for a writer)."""
-    import threading
     import time
 
     from vllm_para.adapter import load_adapter
 
     d = tmp_path / "race"
     shutil.copytree(good_adapter, d)
-    weights = d / WEIGHTS_FILE
-    regular, fifo = tmp_path / "regular.bin", tmp_path / "fifo.bin"
-    shutil.copy(weights, regular)
-    os.mkfifo(fifo)
-    stop = threading.Event()
-
-    def swap():
-        spare_regular, spare_fifo = tmp_path / "r2", tmp_path / "f2"
-        shutil.copy(regular, spare_regular)
-        os.mkfifo(spare_fifo)
-        while not stop.is_set():
-            os.replace(spare_fifo, weights)  # weights is a FIFO now
-            os.mkfifo(spare_fifo)
-            os.replace(spare_regular, weights)  # a regular file again
-            shutil.copy(regular, spare_regular)
-
-    swapper = threading.Thread(target=swap, daemon=True)
-    swapper.start()
     outcomes = {"loaded": 0, "refused": 0}
-    try:
+    with swapping_with_fifo(d / WEIGHTS_FILE, tmp_path):
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             began = time.monotonic()
@@ -256,9 +239,6 @@ def test_fifo_swapped_in_while_reading_never_hangs(good_adapter, base_shape, tmp
                 assert "not a regular file" in str(exc) or "missing" in str(exc) or "cannot be" in str(exc), exc
                 outcomes["refused"] += 1
             assert time.monotonic() - began < 2.0, "a load waited on the FIFO"
-    finally:
-        stop.set()
-        swapper.join(5)
     assert outcomes["loaded"] and outcomes["refused"], outcomes
 
 

@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 
+from adapter_corruptions import swapping_with_fifo
 from engine_support import PROMPTS, token_prompts
 from hostile_cases import (
     BAD_UNLOADS,
@@ -321,22 +322,7 @@ def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_
     name = "tt" if via == "admin" else "tt-first-use"
     d = (tmp_path if via == "admin" else adapter_dir) / name
     shutil.copytree(adapters["sql"], d)
-    weights = d / "adapter_model.safetensors"
-    regular = tmp_path / "regular.bin"
-    shutil.copy(weights, regular)
     stop = threading.Event()
-
-    def swap():
-        spare_regular, spare_fifo = tmp_path / "r2", tmp_path / "f2"
-        shutil.copy(regular, spare_regular)
-        os.mkfifo(spare_fifo)
-        while not stop.is_set():
-            os.replace(spare_fifo, weights)
-            os.mkfifo(spare_fifo)
-            time.sleep(0.002)
-            os.replace(spare_regular, weights)
-            shutil.copy(regular, spare_regular)
-            time.sleep(0.002)
 
     def base_requests():
         worst = 0.0
@@ -347,10 +333,8 @@ def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_
             worst = max(worst, time.monotonic() - began)
         return worst
 
-    swapper = threading.Thread(target=swap, daemon=True)
-    swapper.start()
     statuses = []
-    with ThreadPoolExecutor(1) as pool:
+    with swapping_with_fifo(d / "adapter_model.safetensors", tmp_path, pause=0.002), ThreadPoolExecutor(1) as pool:
         base = pool.submit(base_requests)
         try:
             for _ in range(12):
@@ -363,7 +347,6 @@ def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_
                     assert _unload(server, name).status_code == 200
         finally:
             stop.set()
-            swapper.join(5)
         worst_base = base.result(timeout=60)
     assert worst_base < LOAD_TIMEOUT_S + 5, f"a base request took {worst_base:.1f} s during the race"
     assert 200 in statuses or 400 in statuses
