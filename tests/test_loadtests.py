@@ -99,6 +99,7 @@ def test_server_env_reaches_every_server_and_the_report():
 
 
 @pytest.mark.server
+@pytest.mark.slow  # 3.6 min: a whole small ABBA load test; `make test` stays under 25 minutes without it
 def test_small_mode_end_to_end(tmp_path):
     """The ABBA protocol for real: one server at a time, in ABBA order, warm-up excluded,
     medians and ratios computed from the per-round measurements."""
