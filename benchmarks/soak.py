@@ -223,6 +223,34 @@ def well_formed_body(rng: random.Random, sh: Shared, idx: int = 0) -> tuple[str,
     return path, body, adapter, desc
 
 
+def shape_sweep(sh: Shared, concurrency: int, seed: int) -> tuple[int, int]:
+    """Batch shapes before the baseline: every batch size 1..`concurrency` with prompts of 3 to 60
+    words, half of each burst naming a start-up adapter. vLLM-CPU's worker keeps memory per step
+    shape (benchmarks/results/worker-rss-probe-20261202: plain vLLM grows as much, flat once shapes
+    repeat), so the RSS bound after the warm-up measures growth, not shapes first met later.
+    Returns (requests, requests answered 200)."""
+    rng = random.Random(seed + 7)
+
+    def one(args):
+        i, words = args
+        body = {"model": sh.base if i % 2 == 0 else STATIC[(i // 2) % len(STATIC)], "max_tokens": 32,
+                "ignore_eos": True, "temperature": 0.0,
+                "prompt": " ".join(rng.choice(WORDS) for _ in range(words))}
+        try:
+            return requests.post(sh.url + "/v1/completions", json=body, timeout=WELL_FORMED_TIMEOUT).status_code
+        except requests.RequestException:
+            return None
+
+    sent = ok = 0
+    with ThreadPoolExecutor(concurrency) as pool:
+        for b in range(1, concurrency + 1):
+            for words in (3, 20, 40, 60):
+                codes = list(pool.map(one, [(i, words) for i in range(b)]))
+                sent += len(codes)
+                ok += sum(c == 200 for c in codes)
+    return sent, ok
+
+
 # --------------------------------------------------------------------------- hostile cases (tests/hostile_cases.py)
 
 @dataclass
@@ -749,9 +777,11 @@ def main() -> int:
                         help="spread the requests over at least this many seconds, in bursts of --burst (0: flat out)")
     parser.add_argument("--burst", type=int, default=64, help="requests released together (then idle until the next)")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=500,
+    parser.add_argument("--warmup", type=int, default=1000,
                         help="requests before the baseline RSS sample (at most half of --requests); they name "
                              "the directory adapters round-robin")
+    parser.add_argument("--no-shape-sweep", dest="shape_sweep", action="store_false",
+                        help="skip the batch-shape sweep before the warm-up (see shape_sweep)")
     parser.add_argument("--dir-adapters", type=int, default=200, help="adapters in --para-adapter-dir")
     parser.add_argument("--host-cache", type=int, default=16, help="--max-cpu-para-adapters")
     parser.add_argument("--slots", type=int, default=4, help="--max-para-adapters (VG device slots)")
@@ -841,6 +871,10 @@ def main() -> int:
                           f"{dict(c)}", flush=True)
             return r
 
+        t_sweep = time.monotonic()
+        sweep = shape_sweep(sh, args.concurrency, args.seed) if args.shape_sweep else (0, 0)
+        sweep_s = time.monotonic() - t_sweep
+        print(f"[soak] shape sweep: {sweep[1]}/{sweep[0]} answered 200 in {sweep_s:.0f} s", flush=True)
         t_traffic = time.monotonic()
         sh.deadline = t_traffic + args.duration_limit
         with ThreadPoolExecutor(args.concurrency) as pool:
@@ -927,6 +961,7 @@ def main() -> int:
         f"requests sent within {args.duration_limit:g} s (of {args.requests})": (
             len(sent), len(sent) == args.requests),
         "failed well-formed requests": (len(failed), not failed),
+        "shape-sweep requests not answered 200": (sweep[0] - sweep[1], sweep[0] == sweep[1]),
         "hostile requests not answered as the suite expects (wrong 4xx / 2xx / 5xx / error)": (
             len(hostile_bad), not hostile_bad),
         "failed admin load/unload calls": (len(admin.errors), not admin.errors),
@@ -981,6 +1016,7 @@ def main() -> int:
     summary = {
         "run_id": run_id, "passed": passed, "command": command, "requests": args.requests,
         "traffic_s": round(traffic_s, 1), "warmup_requests": warmup,
+        "shape_sweep": {"requests": sweep[0], "ok": sweep[1], "seconds": round(sweep_s, 1)},
         "gates": {k: {"value": v if isinstance(v, (int, float, str)) or v is None else str(v), "ok": g}
                   for k, (v, g) in gates.items()},
         "outcomes": {f"{k}/{o}": n for (k, o), n in outcome_rows},
@@ -1013,8 +1049,13 @@ def main() -> int:
         f"Adapters: `sql`, `qa` named at start-up; {len(dir_names)} in `--para-adapter-dir` (r {'/'.join(map(str, RANKS))}, "
         f"{len(TARGET_SETS)} target sets, pooling {'/'.join(POOLINGS)}), loaded on first use into a host cache of "
         f"{args.host_cache}.", "",
+        *([f"Shape sweep before the traffic (not counted in it): {sweep[0]} greedy completions, every batch size "
+           f"1-{args.concurrency} x prompts of 3/20/40/60 words, half naming sql/qa; {sweep[1]} answered 200, in "
+           f"{sweep_s:.0f} s. vLLM-CPU's worker keeps memory per step shape (plain vLLM too: "
+           "[worker-rss-probe-20261202](../worker-rss-probe-20261202/README.md)); the sweep meets the shapes "
+           "before the RSS baseline.", ""] if args.shape_sweep else []),
         f"Traffic: {args.requests} requests (first {warmup} = warm-up, naming the directory adapters round-robin so "
-        "every adapter configuration is served before the RSS baseline; Zipf after it), concurrency {args.concurrency}, released in bursts "
+        f"every adapter configuration is served before the RSS baseline; Zipf after it), concurrency {args.concurrency}, released in bursts "
         f"of {args.burst} every {burst_gap:.1f} s (spread over >= {args.min_duration:g} s); well-formed: "
         f"15% base, 5% sql/qa, 80% directory names Zipf(s={args.zipf:g}); ~{args.abort_frac:.0%} client disconnects "
         f"mid-stream / read timeout; ~{args.hostile_frac:.0%} hostile, drawn from `tests/hostile_cases.py` and "

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from adapter_corruptions import swapping_with_fifo
-from engine_support import PROMPTS, token_prompts
+from engine_support import PROMPTS, peft_greedy_and_logprobs, token_prompts
 from hostile_cases import (
     BAD_UNLOADS,
     FIRST_USE_BAD_NAMES,
@@ -465,3 +465,38 @@ def test_pages_and_slots_back_to_idle(server, fixed_output):
     assert server.metric("vllm_para:adapter_host_bytes") > 0
     _still_fine(server, fixed_output)
     assert "Traceback" not in server.log.read_text(), server.log_tail()
+
+
+def test_ia3_adapters_by_first_use_and_admin_load(server, fixed_output, tiny_llama, adapter_dir, tmp_path):
+    """PEFT (IA)^3 directories are accepted wherever PARA ones are: first use from
+    --para-adapter-dir and the admin route, served beside PARA tenants in one batch with PEFT's
+    own tokens; a module PARA cannot express is a 400 naming it, on both paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+
+    ids = token_prompts(tiny_llama, [PROMPTS[3]])[0]
+    first_use = build_random_ia3_adapter(tiny_llama, adapter_dir / "ia3dir", seed=11)  # PEFT's Llama defaults
+    admin = build_random_ia3_adapter(tiny_llama, tmp_path / "ia3admin", seed=12, target_modules=["q_proj", "v_proj"],
+                                     feedforward_modules=[])
+    r = server.post("/v1/load_para_adapter", {"para_name": "ia3admin", "para_path": str(tmp_path / "ia3admin")})
+    assert r.status_code == 200, r.text
+    want = {name: peft_greedy_and_logprobs(model, ids, MAX_TOKENS)[0]
+            for name, model in (("ia3dir", first_use), ("ia3admin", admin))}
+    jobs = ["ia3dir", "ia3admin", "t1", "ia3dir", "ia3admin", "t1"]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # (IA)^3 and PARA tenants in the same steps
+        outs = list(pool.map(lambda n: (n, _tokens(server, n, PROMPTS[3])), jobs))
+    for name, toks in outs:
+        if name in want:
+            assert toks == want[name], name
+    assert len({tuple(t) for n, t in outs if n == "t1"}) == 1
+    cards = {m["id"]: m for m in server.get("/v1/models").json()["data"]}
+    assert cards["ia3dir"]["metadata"] == cards["ia3admin"]["metadata"] == {"kind": "ia3"}
+    assert cards["t1"]["metadata"] == {"kind": "para"}
+    for path, name in ((adapter_dir / "ia3oproj", "ia3oproj"), (tmp_path / "ia3oproj2", "ia3oproj2")):
+        build_random_ia3_adapter(tiny_llama, path, seed=13, target_modules=["k_proj", "o_proj"], feedforward_modules=[])
+    _refused(server.post("/v1/completions", _body("ia3oproj", PROMPTS[0])), 400, "o_proj")
+    _refused(server.post("/v1/load_para_adapter", {"para_name": "ia3oproj2", "para_path": str(tmp_path / "ia3oproj2")}),
+             400, "o_proj")
+    assert server.post("/v1/unload_para_adapter", {"para_name": "ia3admin"}).status_code == 200
+    _still_fine(server, fixed_output)

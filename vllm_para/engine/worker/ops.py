@@ -5,8 +5,8 @@ calls it eagerly each step (on GPU it is also a CUDA-graph break point); it
 mutates the side buffer in place and returns nothing, so its output has no
 data-dependent shape. With no prompt in the step (every decode step) it
 returns at once: decode never runs the VG. A static adapter's prompts ((IA)^3:
-the vector does not depend on the prompt) get its stored vector copied in, with
-no pooling and no VG arithmetic.
+the vector does not depend on the prompt) never reach it: the runtime writes
+their pages once, before the forward (`PARARuntime.plan_step`).
 
 Like vLLM's attention op, it finds its engine's state by name in the forward
 context (`static_forward_context`, which belongs to the engine's
@@ -44,10 +44,6 @@ def compute_vectors(residual: torch.Tensor, vectors: torch.Tensor, layer: int, k
     outs = []
     for group in plan.groups:
         w = group.weights
-        if w.static:  # (IA)^3: the same vector for every prompt; no pooling, no VG arithmetic
-            n = group.rows.stop - group.rows.start
-            outs.append(w.up_bias[layer].float().unsqueeze(0).expand(n, -1))
-            continue
         if w.pooling == "last":
             pooled = last[group.rows]
         else:

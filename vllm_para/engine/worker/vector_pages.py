@@ -84,6 +84,13 @@ class VectorPages(torch.nn.Module):
             if rid in self.page_of:
                 self.filled.add(rid)
 
+    def fill_pages(self, pages: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Write the same per-layer vectors ([layers, vector_width]) into every page of `pages`
+        (a static adapter's, (IA)^3: no VG, one copy for all layers)."""
+        n = pages.shape[0]
+        src = vectors.to(self.vectors.dtype).unsqueeze(1).expand(self.num_layers, n, self.vector_width)
+        self.vectors.index_copy_(1, pages, src)
+
     def release(self, req_id: str) -> None:
         page = self.page_of.pop(req_id, None)
         self.filled.discard(req_id)
