@@ -139,12 +139,13 @@ def _dispatcher(mode_name: str):
 
 @pytest.fixture
 def para_runtime(monkeypatch):
-    runtime = SimpleNamespace(pages=SimpleNamespace(filled=set()))
+    runtime = SimpleNamespace(pages=SimpleNamespace(filled=set(DECODING_FILLED)))
     monkeypatch.setattr(guard, "runtime_for", lambda runner: runtime)
     return runtime
 
 
 DECODES = [("d0", "sql", 20, 12), ("d1", None, 9, 5)]  # one PARA and one plain request decoding
+DECODING_FILLED = {"d0"}  # d0's page was filled at its prefill
 ONE_TOKEN_PROMPT = ("p", "sql", 0, 1)  # a one-token PARA prompt
 PREFIX_HIT = ("h", "qa", 16, 17)  # a prefix-cache hit leaving one prompt token to compute
 
@@ -167,20 +168,21 @@ def _decide(runner, num_scheduled=None):
 
 # -------------------------------------------------------------------- pure helpers
 def test_step_needs_vg():
-    assert not guard.step_needs_vg(_runner(DECODES))
-    assert guard.step_needs_vg(_runner(DECODES + [ONE_TOKEN_PROMPT]))
-    assert guard.step_needs_vg(_runner([PREFIX_HIT] + DECODES))
-    assert not guard.step_needs_vg(_runner([("plain", None, 0, 7)]))  # prompt without an adapter: base model
-    assert not guard.step_needs_vg(_runner([("empty-extra", "", 0, 7)]))
+    filled = DECODING_FILLED
+    assert not guard.step_needs_vg(_runner(DECODES), filled)
+    assert guard.step_needs_vg(_runner(DECODES + [ONE_TOKEN_PROMPT]), filled)
+    assert guard.step_needs_vg(_runner([PREFIX_HIT] + DECODES), filled)
+    assert not guard.step_needs_vg(_runner([("plain", None, 0, 7)]), filled)  # no adapter: base model
+    assert not guard.step_needs_vg(_runner([("empty-extra", "", 0, 7)]), filled)
     # a preempted request keeps its vectors: recomputed without the VG
-    assert guard.step_needs_vg(_runner([("r", "sql", 0, 7)]), filled=set())
-    assert not guard.step_needs_vg(_runner([("r", "sql", 0, 7)]), filled={"r"})
+    assert guard.step_needs_vg(_runner([("r", "sql", 0, 7)]), set())
+    assert not guard.step_needs_vg(_runner([("r", "sql", 0, 7)]), {"r"})
     # only the first num_reqs entries of the persistent batch are live
     runner = _runner(DECODES + [ONE_TOKEN_PROMPT])
     runner.input_batch.num_reqs = 2
-    assert not guard.step_needs_vg(runner)
+    assert not guard.step_needs_vg(runner, filled)
     runner.input_batch.num_reqs = 0
-    assert not guard.step_needs_vg(runner)
+    assert not guard.step_needs_vg(runner, filled)
 
 
 def test_check_not_full_graph():

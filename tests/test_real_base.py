@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 from engine_support import chosen_logprobs, greedy_params, logprob_conditioning, make_llm, peft_greedy_and_logprobs
 

@@ -189,3 +189,49 @@ def test_a_settled_decode_batch_is_not_planned_again():
     prefill = _runner([("c", "tenant"), ("a", None), ("b", "tenant")], [1, 5, 1], [22, 0, 15])
     assert not rt.plan_step(prefill) and rt.plans_reused == 1
     assert pages.token_pages[:7].tolist() == [page_c, 0, 0, 0, 0, 0, page_b]
+
+
+def test_step_planner_and_graph_guard_cannot_disagree():
+    """`PARARuntime.plan_step` and `graph_guard.step_needs_vg` apply one rule
+    (`common.request.needs_vg`): over random batches (adapters or none, prompts or
+    decodes, pages filled before or not), the guard says "this step computes vectors"
+    exactly when the planner fills pages in it. The adapters here are static ((IA)^3),
+    so this also checks their pages are written by the planner, before the forward."""
+    import random
+    from types import SimpleNamespace
+
+    from vllm_para.engine.worker import graph_guard
+    from vllm_para.engine.worker.runtime import PARARuntime
+
+    layers, width = 2, 6
+    bias = {name: torch.full((layers, width), float(k + 2)) for k, name in enumerate(["sql", "qa"])}
+
+    def acquire(keys):
+        return {key: SlotWeights(None, None, bias[key[0]], "last", True) for key in keys}
+
+    registry = SimpleNamespace(find=lambda name, version: SimpleNamespace(
+        version=version, config=SimpleNamespace(pooling="last")))
+    rng = random.Random(0)
+    for trial in range(200):
+        pages = VectorPages(num_layers=layers, num_pages=16, vector_width=width, max_num_tokens=64,
+                            dtype=torch.float32, device="cpu")
+        rt = PARARuntime(registry=registry, slots=SimpleNamespace(acquire=acquire), pages=pages)
+        reqs, query_lens, computed, filled_before = [], [], [], set()
+        for i in range(rng.randint(1, 6)):
+            rid, name = f"r{trial}-{i}", rng.choice([None, "sql", "qa"])
+            decoding = rng.random() < 0.5
+            reqs.append((rid, name))
+            query_lens.append(1 if decoding else 4)
+            computed.append(rng.randint(4, 20) if decoding else 0)
+            if name and (decoding or rng.random() < 0.2):  # decoding, or preempted and recomputed
+                pages.allocate(rid)
+                pages.commit_filled([rid])
+                filled_before.add(rid)
+        runner = _runner(reqs, query_lens, computed)
+        guard_says = graph_guard.step_needs_vg(runner, pages.filled)
+        plan = rt.plan_step(runner)
+        assert guard_says == bool(plan.pending_fills), (reqs, filled_before)
+        assert not plan  # static adapters: nothing is left for the VG op inside the forward
+        for rid, name in reqs:
+            if rid in plan.pending_fills:
+                assert torch.equal(pages.vectors[:, pages.page_of[rid]], bias[name])

@@ -14,11 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 
-from vllm_para.engine.frontend.settings import (
-    REQUEST_ADAPTER_KEY,
-    REQUEST_POOL_LEN_KEY,
-    PooledPrefix,
-)
+from vllm_para.common.request import PARARequest
 
 from .metrics import count_request, count_tokens, output_tokens
 from .openai_models import requested_adapter
@@ -33,12 +29,10 @@ def in_beam_search() -> bool:
 def with_beam_adapter(sampling_params):
     """The params of one beam request, with its PARA adapter and pooling length."""
     beam = _beam_adapter.get()
-    if beam is None or (sampling_params.extra_args or {}).get(REQUEST_ADAPTER_KEY):
+    if beam is None or PARARequest.of(sampling_params).selects_adapter:
         return sampling_params
-    name, prompt_len = beam
     params = sampling_params.clone()
-    params.extra_args = {**(params.extra_args or {}), REQUEST_ADAPTER_KEY: name,
-                         REQUEST_POOL_LEN_KEY: PooledPrefix(prompt_len)}
+    params.extra_args = PARARequest.beam(*beam).written(params.extra_args)
     return params
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
+from vllm_para.common.request import PARARequest
 
 from .beam_search import in_beam_search, with_beam_adapter
 from .metrics import BASE_LABEL, count_request, count_tokens, output_tokens
@@ -16,8 +16,7 @@ from .metrics import BASE_LABEL, count_request, count_tokens, output_tokens
 def _adapter_of(sampling_params, registry) -> str | None:
     """The metrics label: a loaded adapter's name, __base__, or None (a name that
     admission will refuse: never a label, so clients cannot grow the series)."""
-    extra = getattr(sampling_params, "extra_args", None) or {}
-    name = extra.get(REQUEST_ADAPTER_KEY)
+    name = PARARequest.of(sampling_params).adapter
     if name is None:
         return BASE_LABEL
     return name if registry is not None and name in registry else None

@@ -23,13 +23,12 @@ import os
 import threading
 from collections import Counter
 
+from vllm_para.common.request import PARARequest, prefix_cache_key
 from vllm_para.config import WHOLE_PROMPT_POOLINGS, ModelShape
 from vllm_para.engine.frontend.settings import (
     INTERNAL_KEYS,
     REQUEST_ADAPTER_KEY,
-    REQUEST_CACHE_KEY,
     REQUEST_POOL_LEN_KEY,
-    REQUEST_VERSION_KEY,
     PARASettings,
     PARASettingsError,
     PooledPrefix,
@@ -315,12 +314,10 @@ def admit_request(vllm_config, request, pooled: int | None, private: bool = Fals
         )
     if not private:
         params = params.clone()  # the caller may share one params object across prompts
-    params.extra_args = {
-        **extra,
-        REQUEST_VERSION_KEY: entry.version,
-        REQUEST_POOL_LEN_KEY: pool_len,
-        REQUEST_CACHE_KEY: f"{name}@{entry.version}:{entry.digest}",
-    }
+    params.extra_args = PARARequest(
+        adapter=name, version=entry.version, pool_len=pool_len,
+        cache_key=prefix_cache_key(name, entry.version, entry.digest, tokens, pool_len),
+    ).written(extra)
     if entry.config.pooling in WHOLE_PROMPT_POOLINGS or pool_len != len(tokens):
         # Pooling needs every pooled token computed in this request's own prefill.
         params.skip_reading_prefix_cache = True

@@ -13,11 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from vllm_para.engine.frontend.settings import (
-    REQUEST_ADAPTER_KEY,
-    REQUEST_POOL_LEN_KEY,
-    PooledPrefix,
-)
+from vllm_para.common.request import PARARequest
 
 _SALT_PREFIX = "para-beam:"
 
@@ -56,8 +52,7 @@ def beam_search(llm, prompts: Sequence, params, adapters: Sequence[str | None] |
                 new_params.append(p)
                 continue
             p = p.clone()
-            p.extra_args = {**(p.extra_args or {}), REQUEST_ADAPTER_KEY: adapter,
-                            REQUEST_POOL_LEN_KEY: PooledPrefix(original_len[tag])}
+            p.extra_args = PARARequest.beam(adapter, original_len[tag]).written(p.extra_args)
             new_params.append(p)
         return original_run(prompts=prompts, params=new_params, **run_kwargs)
 

@@ -9,32 +9,23 @@ only for the same adapter (same load) and the same pooled prompt tokens.
 from __future__ import annotations
 
 import functools
-import hashlib
 
-from vllm_para.engine.frontend.settings import (
-    REQUEST_ADAPTER_KEY,
-    REQUEST_CACHE_KEY,
-    REQUEST_POOL_LEN_KEY,
-)
+from vllm_para.common.request import PARARequest, prefix_cache_key
 
 
 def para_block_key(request) -> tuple | None:
-    """("para", cache key, sha256 of the pooled prompt tokens), or None for base requests."""
-    cached = getattr(request, "_para_block_key", False)
-    if cached is not False:
-        return cached
-    params = getattr(request, "sampling_params", None)
-    extra = (params.extra_args or {}) if params is not None else {}
-    key = None
-    tokens = getattr(request, "prompt_token_ids", None)
-    if extra.get(REQUEST_ADAPTER_KEY) and tokens is not None:
-        # Admission wrote both keys (plain int / str) and refused token-less prompts.
-        pooled_len = extra.get(REQUEST_POOL_LEN_KEY)
-        pooled = tokens[:pooled_len] if isinstance(pooled_len, int) else tokens
-        digest = hashlib.sha256(repr(list(pooled)).encode()).hexdigest()
-        key = ("para", str(extra.get(REQUEST_CACHE_KEY) or extra[REQUEST_ADAPTER_KEY]), digest)
-    request._para_block_key = key
-    return key
+    """("para", the request's prefix-cache key), or None for base requests. Admission
+    wrote the key (adapter load and the sha256 of the pooled prompt tokens,
+    `common.request.prefix_cache_key`), so this reads one field and hashes nothing."""
+    para = PARARequest.of(getattr(request, "sampling_params", None))
+    if not para.selects_adapter:
+        return None
+    if para.cache_key is not None:
+        return ("para", para.cache_key)
+    tokens = getattr(request, "prompt_token_ids", None)  # not admitted (cannot happen): key it safely anyway
+    if tokens is None:
+        return None
+    return ("para", prefix_cache_key(para.adapter, -1, "", tokens, para.pool_len or len(tokens)))
 
 
 def _wrap(original):

@@ -30,17 +30,15 @@ import copy
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from vllm_para.common.request import PARARequest
 from vllm_para.engine.frontend.settings import (
-    REQUEST_ADAPTER_KEY,
     PARASettings,
     page_capacity,
 )
 
 
 def is_para_request(request) -> bool:
-    params = getattr(request, "sampling_params", None)
-    extra = getattr(params, "extra_args", None) or {}
-    return bool(extra.get(REQUEST_ADAPTER_KEY))
+    return PARARequest.of(getattr(request, "sampling_params", None)).selects_adapter
 
 
 class PageLedger:

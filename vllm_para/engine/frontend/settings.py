@@ -12,21 +12,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vllm_para.common.request import (  # noqa: F401 (re-exported)
+    ADAPTER_KEY,
+    CACHE_KEY,
+    INTERNAL_KEYS,
+    POOL_LEN_KEY,
+    VERSION_KEY,
+    PooledPrefix,
+)
+
 ADDITIONAL_CONFIG_KEY = "para"
-REQUEST_ADAPTER_KEY = "para_adapter"  # SamplingParams.extra_args key selecting the adapter: the only public one
-# Internal keys, written by admission only (a client sending any of them gets 400):
-REQUEST_POOL_LEN_KEY = "para_prompt_len"  # pool over the first N prompt tokens (always set by admission)
-REQUEST_VERSION_KEY = "para_version"  # which load of the adapter admitted the request
-REQUEST_CACHE_KEY = "para_cache_key"  # prefix-cache key: adapter name + load version
-INTERNAL_KEYS = (REQUEST_POOL_LEN_KEY, REQUEST_VERSION_KEY, REQUEST_CACHE_KEY)
+# The request's PARA fields (vllm_para/common/request.py holds the codec and its keys):
+REQUEST_ADAPTER_KEY = ADAPTER_KEY  # SamplingParams.extra_args key selecting the adapter: the only public one
+REQUEST_POOL_LEN_KEY = POOL_LEN_KEY  # internal keys, written by admission only (a client sending any gets 400)
+REQUEST_VERSION_KEY = VERSION_KEY
+REQUEST_CACHE_KEY = CACHE_KEY
 MAX_ADAPTER_NAME_LEN = 255  # characters, and bytes in UTF-8: a name is one path component under --para-adapter-dir
-
-
-class PooledPrefix(int):
-    """Trusted in-process marker: "pool this PARA request over its first N prompt
-    tokens" (beam search scores every beam under the original prompt's vectors).
-    Only code in this process can build one; a client's JSON cannot, so a
-    client-sent `para_prompt_len` is refused at admission."""
 
 
 def path_component_problem(name: str) -> str | None:

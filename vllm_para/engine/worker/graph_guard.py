@@ -45,7 +45,7 @@ import functools
 import inspect
 from contextvars import ContextVar
 
-from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY
+from vllm_para.common.request import PARARequest, needs_vg
 
 # Everything the graph guard changes in vLLM (checked by tests/test_graph_guard.py).
 PATCHES = (
@@ -76,34 +76,21 @@ def _is_full(mode) -> bool:
     return getattr(mode, "name", mode) == "FULL"
 
 
-def step_needs_vg(runner, filled=None) -> bool:
-    """Whether the runner's current batch holds a PARA prompt whose vectors
-    must be computed in this step: the request selects an adapter, its prompt
-    is not fully computed yet (`num_computed_tokens < num_prompt_tokens`), and
-    (when `filled`, the runtime's set of request ids with computed vectors, is
-    given) its vectors were not computed before: a preempted request keeps its
-    vectors and is recomputed without the VG, exactly as `plan_step` decides.
+def step_needs_vg(runner, filled) -> bool:
+    """Whether the runner's current batch holds a request whose PARA vectors are
+    computed in this step: `common.request.needs_vg`, the rule `PARARuntime.plan_step`
+    applies, with `filled` the runtime's set of request ids whose pages are filled
+    (`VectorPages.filled`).
 
-    Reads only the persistent batch (`input_batch.req_ids`, `num_reqs`,
-    `num_computed_tokens_cpu`, `num_prompt_tokens`) and `runner.requests`;
-    valid from `_prepare_inputs` until the end of the step.
+    Reads only the persistent batch (`input_batch.req_ids`, `num_reqs`) and
+    `runner.requests`; valid from `_prepare_inputs` until the end of the step.
     """
     batch = runner.input_batch
     num_reqs = int(batch.num_reqs)
-    if num_reqs <= 0:
-        return False
-    computed = batch.num_computed_tokens_cpu
-    prompt = batch.num_prompt_tokens
     requests = runner.requests
-    for i, rid in enumerate(batch.req_ids[:num_reqs]):
+    for rid in batch.req_ids[:max(num_reqs, 0)]:
         state = requests.get(rid)
-        params = getattr(state, "sampling_params", None)
-        extra = getattr(params, "extra_args", None) or {}
-        if not extra.get(REQUEST_ADAPTER_KEY):
-            continue
-        if filled is not None and rid in filled:
-            continue
-        if int(computed[i]) < int(prompt[i]):
+        if needs_vg(PARARequest.of(getattr(state, "sampling_params", None)), rid in filled):
             return True
     return False
 

@@ -21,12 +21,10 @@ from typing import Any
 import torch
 
 from vllm_para.adapter import AdapterFiles
+from vllm_para.common.request import PARARequest, needs_vg
 from vllm_para.config import WHOLE_PROMPT_POOLINGS, ModelShape, PARAConfig
 from vllm_para.core import VGWeights, expand_to_all_targets
 from vllm_para.engine.frontend.settings import (
-    REQUEST_ADAPTER_KEY,
-    REQUEST_POOL_LEN_KEY,
-    REQUEST_VERSION_KEY,
     PARASettings,
     page_capacity,
 )
@@ -113,32 +111,31 @@ class PARARuntime:
             self.plans_reused += 1
             return StepPlan()
         self._settled_batch = None  # this step rewrites token_pages: the old batch's pages are gone
-        pages, needs_vg, prompt_lens, whole, keys = [], [], [], [], []
+        pages, needs_vg_now, prompt_lens, whole, keys = [], [], [], [], []
         filled = self.pages.filled
         for rid in batch.req_ids[:num_reqs]:
-            params = runner.requests[rid].sampling_params
-            extra = (params.extra_args or {}) if params is not None else {}
-            name = extra.get(REQUEST_ADAPTER_KEY)
+            para = PARARequest.of(runner.requests[rid].sampling_params)
+            name = para.adapter
             entry = None
-            if name and rid not in filled:
-                # Admission set both keys; the frontend retires a version only after its last request.
-                entry = self.registry.find(name, extra.get(REQUEST_VERSION_KEY))
+            if needs_vg(para, rid in filled):  # the rule graph_guard.step_needs_vg applies too
+                # Admission set version and pooled length; the frontend retires a version only after its last request.
+                entry = self.registry.find(name, para.version)
                 if entry is None:
                     # Cannot happen (the API server retires a version after its last request);
                     # if it does, one request is wrong, loudly, and the engine stays up.
                     self.invariant_errors += 1
                     logger.error(
                         "PARA invariant broken: request %s uses adapter %r version %r, which this worker does not "
-                        "hold; it runs without PARA vectors.", rid, name, extra.get(REQUEST_VERSION_KEY),
+                        "hold; it runs without PARA vectors.", rid, name, para.version,
                     )
                     name = None
             pages.append(self.pages.allocate(rid) if name else UNIT_PAGE)
-            needs_vg.append(entry is not None)
-            prompt_lens.append(int(extra[REQUEST_POOL_LEN_KEY]) if entry is not None else 0)
+            needs_vg_now.append(entry is not None)
+            prompt_lens.append(para.pool_len if entry is not None else 0)
             whole.append(entry is not None and entry.config.pooling in WHOLE_PROMPT_POOLINGS)
             keys.append((name, entry.version) if entry is not None else None)
 
-        token_pages, rows = plan_tokens(qsl, batch.num_computed_tokens_cpu, pages, needs_vg, prompt_lens, whole)
+        token_pages, rows = plan_tokens(qsl, batch.num_computed_tokens_cpu, pages, needs_vg_now, prompt_lens, whole)
         num_tokens = len(token_pages)
         self.pages.token_pages[num_tokens:].zero_()
         self.pages.token_pages[:num_tokens].copy_(torch.from_numpy(token_pages), non_blocking=True)
@@ -150,15 +147,25 @@ class PARARuntime:
             by_adapter[keys[row.request]].append(row)
         weights = self.slots.acquire(set(by_adapter))
         device = self.pages.token_pages.device
-        groups, ordered = [], []
+        groups, ordered, static_fills = [], [], []
         for key, group in by_adapter.items():
+            if weights[key].static:
+                # (IA)^3: the vector does not depend on the prompt. Its pages are written here, once,
+                # before the forward: the VG op never sees these rows (no per-layer work at prefill).
+                fill = torch.tensor([r.page for r in group], dtype=torch.long).to(device, non_blocking=True)
+                self.pages.fill_pages(fill, weights[key].up_bias)
+                static_fills.extend(batch.req_ids[r.request] for r in group)
+                continue
             first = len(ordered)
             ordered.extend(group)
             groups.append(VGGroup(weights[key], slice(first, len(ordered)),
                                   [r.start for r in group], [r.end for r in group]))
+        pending = [batch.req_ids[r.request] for r in ordered] + static_fills
+        if not ordered:
+            return StepPlan(pending_fills=pending)
         pages = torch.tensor([r.page for r in ordered], dtype=torch.long).to(device, non_blocking=True)
         last = torch.tensor([r.end - 1 for r in ordered], dtype=torch.long).to(device, non_blocking=True)
-        return StepPlan(groups, pages, last, [batch.req_ids[r.request] for r in ordered])
+        return StepPlan(groups, pages, last, pending)
 
 
 def host_weights_preparer(layout: RankLayout, layers: tuple[int, int], pin: bool):

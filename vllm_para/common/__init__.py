@@ -1,0 +1,1 @@
+"""Code every vllm-para process runs (API server, engine core, workers): the PARA request codec."""
