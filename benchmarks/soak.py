@@ -786,7 +786,8 @@ def main() -> int:
     parser.add_argument("--host-cache", type=int, default=16, help="--max-cpu-para-adapters")
     parser.add_argument("--slots", type=int, default=4, help="--max-para-adapters (VG device slots)")
     parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent over the directory names (0: uniform)")
-    parser.add_argument("--admin-every", type=float, default=2.0, help="mean seconds between admin load/unload cycles (0: off)")
+    parser.add_argument("--admin-every", type=float, default=2.0,
+                        help="mean seconds between admin load/unload cycles (0: off)")
     parser.add_argument("--abort-frac", type=float, default=0.10)
     parser.add_argument("--hostile-frac", type=float, default=0.05)
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS / gauge samples")
@@ -1021,7 +1022,8 @@ def main() -> int:
                   for k, (v, g) in gates.items()},
         "outcomes": {f"{k}/{o}": n for (k, o), n in outcome_rows},
         "latency_ok_s": {"p50": pct(latencies, .5), "p99": pct(latencies, .99), "max": max(latencies, default=None)},
-        "rss": [{**p, **{k: round(p[k] / 2**20, 1) for k in ("start", "warm", "end", "growth", "max_after_warm", "kv_growth")}}
+        "rss": [{**p, **{k: round(p[k] / 2**20, 1)
+                         for k in ("start", "warm", "end", "growth", "max_after_warm", "kv_growth")}}
                 for p in proc_rows],
         "server": {"root_pid": root_pid, "uptime_s": round(uptime_s, 1), "startup_s": round(server.startup_s, 1),
                    "health_polls": monitor.polls, "health_ok": monitor.ok_polls, "health_slow": monitor.slow,
@@ -1043,10 +1045,12 @@ def main() -> int:
         f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}.", "",
         *([args.note, ""] if args.note else []),
         "Server (one process tree, started once): `vllm serve <tiny llama> " + " ".join(
-            a if "=" not in a and not a.startswith("/") else ("<dir>" if a.startswith("/") else a.split("=")[0] + "=<dir>")
+            a if "=" not in a and not a.startswith("/")
+            else ("<dir>" if a.startswith("/") else a.split("=")[0] + "=<dir>")
             for a in server_args) + "` with `VLLM_CPU_KVCACHE_SPACE=1 VLLM_ALLOW_RUNTIME_PARA_UPDATING=1`, compiled "
         f"forward; start-up {server.startup_s:.0f} s; assets built in {build_s:.0f} s.", "",
-        f"Adapters: `sql`, `qa` named at start-up; {len(dir_names)} in `--para-adapter-dir` (r {'/'.join(map(str, RANKS))}, "
+        f"Adapters: `sql`, `qa` named at start-up; {len(dir_names)} in `--para-adapter-dir` "
+        f"(r {'/'.join(map(str, RANKS))}, "
         f"{len(TARGET_SETS)} target sets, pooling {'/'.join(POOLINGS)}), loaded on first use into a host cache of "
         f"{args.host_cache}.", "",
         *([f"Shape sweep before the traffic (not counted in it): {sweep[0]} greedy completions, every batch size "
@@ -1055,7 +1059,8 @@ def main() -> int:
            "[worker-rss-probe-20261202](../worker-rss-probe-20261202/README.md)); the sweep meets the shapes "
            "before the RSS baseline.", ""] if args.shape_sweep else []),
         f"Traffic: {args.requests} requests (first {warmup} = warm-up, naming the directory adapters round-robin so "
-        f"every adapter configuration is served before the RSS baseline; Zipf after it), concurrency {args.concurrency}, released in bursts "
+        f"every adapter configuration is served before the RSS baseline; Zipf after it), "
+        f"concurrency {args.concurrency}, released in bursts "
         f"of {args.burst} every {burst_gap:.1f} s (spread over >= {args.min_duration:g} s); well-formed: "
         f"15% base, 5% sql/qa, 80% directory names Zipf(s={args.zipf:g}); ~{args.abort_frac:.0%} client disconnects "
         f"mid-stream / read timeout; ~{args.hostile_frac:.0%} hostile, drawn from `tests/hostile_cases.py` and "
@@ -1081,7 +1086,8 @@ def main() -> int:
         "", "## RSS of every server process", "",
         f"Baseline: after the {warmup}-request warm-up. Bound: end minus baseline < {args.max_rss_growth_mb:g} MB for "
         "each process.", "",
-        "| pid | process | role | start | after warm-up | end | growth | of it in the KV cache mapping | max after warm-up |",
+        "| pid | process | role | start | after warm-up | end | growth | of it in the KV cache mapping "
+        "| max after warm-up |",
         "|---|---|---|---|---|---|---|---|---|",
         *[f"| {p['pid']} | `{p['name']}` | {p['role']} | {mib(p['start'])} | {mib(p['warm'])} | {mib(p['end'])} | "
           f"{p['growth'] / 2**20:+.1f} MB | {p['kv_growth'] / 2**20:+.1f} MB | {mib(p['max_after_warm'])} |"
@@ -1104,7 +1110,8 @@ def main() -> int:
         f"| first-use cache hit / miss; cold loads (mean s) | {cache.get('hit')} / {cache.get('miss')}; {cold_n} "
         f"({(cold_sum / cold_n) if cold_n else float('nan'):.3f} s) |",
         f"| admin churn | {', '.join(f'{k}: {v}' for k, v in sorted(admin.counts.items()))} |",
-        f"| server log before shutdown: ERROR/CRITICAL lines / tracebacks (not a bound) | {log_errors} / {log_tracebacks} |",
+        f"| server log before shutdown: ERROR/CRITICAL lines / tracebacks (not a bound) | "
+        f"{log_errors} / {log_tracebacks} |",
     ]
     hcount: dict[str, Counter] = {}
     case_by_name = {c.name: c for c in sh.hostile}

@@ -80,7 +80,8 @@ def main() -> int:
         prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))) for _ in range(n)]
         params = []
         for _ in range(n):
-            extra = {"para_adapter": rng.choice(sorted(adapters))} if args.mode == "para" and rng.random() < 0.8 else None
+            extra = ({"para_adapter": rng.choice(sorted(adapters))}
+                     if args.mode == "para" and rng.random() < 0.8 else None)
             params.append(SamplingParams(max_tokens=rng.randint(1, 32), temperature=rng.choice([0.0, 0.8]),
                                          ignore_eos=True, extra_args=extra))
         llm.generate(prompts, params, use_tqdm=False)

@@ -34,7 +34,8 @@ class ModelSpec:
         shapes = (f"hidden {self.hidden_size}, intermediate {self.intermediate_size}, {self.num_hidden_layers} "
                   f"layers, {self.num_attention_heads} heads, {self.num_key_value_heads} KV heads, "
                   f"head_dim {self.head_dim}")
-        return f"{self.real} (real pretrained weights): {shapes}" if self.real else f"Llama-shaped, random weights: {shapes}"
+        return (f"{self.real} (real pretrained weights): {shapes}" if self.real
+                else f"Llama-shaped, random weights: {shapes}")
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each Llama linear layer."""

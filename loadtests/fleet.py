@@ -304,7 +304,8 @@ def run_fleet_life(index: int, life: list[P.Slot], plan: FleetPlan, base: Path, 
     entry = {"life": index, "system": system, "slots": " ".join(str(s.index) for s in life),
              "rounds": " ".join(str(s.round) for s in life), "start_s": round(time.monotonic() - t0, 3)}
     _log(f"[{system}] server {index}: starting vllm serve for round(s) {entry['rounds']}")
-    srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype, plan.enforce_eager) + fs.flags, raw / "logs" / f"{system}_server{index}.log",
+    srv = VLLMServer(base, engine_flags(plan.seed, plan.dtype, plan.enforce_eager) + fs.flags,
+                     raw / "logs" / f"{system}_server{index}.log",
                      env=fs.env, startup_timeout=plan.startup_timeout_s)
     try:
         srv.start()
@@ -383,7 +384,9 @@ def summary_rows(ms: list[P.Measurement], cold_warm: dict) -> list[dict]:
             mine = [m for m in P.measured(ms) if m.system == system and m.level == level]
             if not mine:
                 continue
-            med = lambda k: (s.median if (s := P.spread(m.metrics.get(k) for m in mine)) else None)  # noqa: E731
+            # `mine` bound now (the lambda is only called within this iteration)
+            med = lambda k, mine=mine: (  # noqa: E731
+                s.median if (s := P.spread(m.metrics.get(k) for m in mine)) else None)
             pool = cold_warm.get((system, level), {"cold": [], "warm": []})
             t, r = tput.get((system, level)), ratio.get(level) if system == "para" else None
             rows.append({
@@ -466,7 +469,8 @@ def _meta(plan: FleetPlan, slots: list[P.Slot], label: str | None) -> dict:
                    "streamed, greedy; request i of a phase is the same on both systems",
         "requests per concurrency level": plan.requests, "concurrency levels": list(plan.levels),
         "host cache / device slots": f"{plan.host_cache} / {plan.device_slots} (both systems)",
-        "engine flags (both systems)": f"`{' '.join(engine_flags(plan.seed, plan.dtype, plan.enforce_eager))}`, VLLM_CPU_KVCACHE_SPACE=1",
+        "engine flags (both systems)":
+            f"`{' '.join(engine_flags(plan.seed, plan.dtype, plan.enforce_eager))}`, VLLM_CPU_KVCACHE_SPACE=1",
         "protocol": f"ABBA, {plan.rounds} measured round(s), one server at a time, a fresh server for every slot "
                     "(each starts with no tenant loaded); warm-up: base model + warm-up adapter only",
         "order": f"`{P.order_string(slots)}` ({len(P.lives(slots))} server starts)",

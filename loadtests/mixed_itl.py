@@ -95,7 +95,7 @@ def measure(url: str, base_model: str, adapter: str | None, args, seed: int) -> 
     rng = random.Random(seed)
     stream_prompts = [make_prompt(rng, args.prompt_words) for _ in range(args.streams)]
     jobs = []
-    for i in range(args.long_prompts):
+    for _i in range(args.long_prompts):
         jobs.append((base_model, make_prompt(rng, args.long_words)))
         jobs.append((adapter or base_model, make_prompt(rng, args.para_words)))
     gaps: list[list[float]] = [[] for _ in range(args.streams)]
@@ -227,7 +227,8 @@ def write_results(out: Path, ms: list[P.Measurement], args, setup: str | None = 
     rows = "\n".join(
         f"| {system} | " + " | ".join(P.per_system(ms, k)[(system, level)].fmt(1) for k in METRICS) + " |"
         for system in SYSTEMS)
-    (out / "report.md").write_text(f"""# Base tenants' inter-token latency while long prompts arrive: PARA engine vs plain vLLM
+    (out / "report.md").write_text(
+        f"""# Base tenants' inter-token latency while long prompts arrive: PARA engine vs plain vLLM
 
 {setup or served_setup(args)}
 
@@ -237,7 +238,8 @@ def write_results(out: Path, ms: list[P.Measurement], args, setup: str | None = 
 
 | target | verdict | detail |
 |---|---|---|
-| PARA/plain base ITL p99 <= {ITL_P99_MAX_VS_PLAIN:.2f} (median of per-round ratios) | **{verdict}** | {ratio.fmt(3) if ratio else 'n/a'} |
+| PARA/plain base ITL p99 <= {ITL_P99_MAX_VS_PLAIN:.2f} (median of per-round ratios) | **{verdict}** | \
+{ratio.fmt(3) if ratio else 'n/a'} |
 | PARA/plain base ITL p50 (information) | | {p50.fmt(3) if p50 else 'n/a'} |
 """)
 

@@ -76,7 +76,8 @@ def pool(runs: list[RunRatios], confidence: float = 0.90) -> list[dict]:
         diff = {k: (first.settings[k], other.settings.get(k)) for k in first.settings
                 if first.settings[k] != other.settings.get(k)}
         if diff:
-            raise IncompatibleRuns(f"{other.name} differs from {first.name} in {diff}; pool only repeats of one protocol")
+            raise IncompatibleRuns(f"{other.name} differs from {first.name} in {diff}; "
+                                   "pool only repeats of one protocol")
     keys = [k for k in first.per_round if all(k in r.per_round for r in runs)]
     out = []
     for ratio, level in keys:

@@ -270,7 +270,8 @@ class _Builder:
             ("invalid_utf8", b'{"r": "\xff\xfe\xfd"}', "json"),
             ("latin1", good_text.replace("PARA", "P\u00c4RA").encode("latin-1"), "json"),
             ("utf16", good_text.encode("utf-16"), "json"),
-            ("utf8_encoded_surrogate", good_text.replace("PARA", "PARA\ud800").encode("utf-8", "surrogatepass"), "json"),
+            ("utf8_encoded_surrogate", good_text.replace("PARA", "PARA\ud800").encode("utf-8", "surrogatepass"),
+             "json"),
             ("utf8_bom", b"\xef\xbb\xbf" + good_text.encode(), "json"),
             ("random_bytes", bytes(self.rng.randrange(256) for _ in range(512)), "json"),
             ("deep_array_30000", b"[" * 30000 + b"]" * 30000, "json"),
@@ -475,7 +476,8 @@ class _Builder:
 
         self.tensors_case("tn_prefixed", rename(lambda k: "base_model.model." + k), "missing tensor")
         self.tensors_case("tn_kind_typo", rename(lambda k: k.replace("down.weight", "down.weights")), "missing tensor")
-        self.tensors_case("tn_zero_padded_index", rename(lambda k: k.replace("layers.0.", "layers.00.")), "missing tensor")
+        self.tensors_case("tn_zero_padded_index", rename(lambda k: k.replace("layers.0.", "layers.00.")),
+                          "missing tensor")
 
         def shift(k: str) -> str:
             _, i, rest = k.split(".", 2)

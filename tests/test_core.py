@@ -42,7 +42,8 @@ def test_vg_forward_matches_hand_computation():
     l = core.vg_forward(x, one, one, torch.zeros(1))
     assert l.item() == pytest.approx(gelu_erf(1.5), abs=1e-7)
     # output dtype cast
-    assert core.vg_forward(p.float(), down.float(), up.float(), bias.float(), out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert core.vg_forward(p.float(), down.float(), up.float(), bias.float(),
+                           out_dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_vg_forward_is_float32_for_low_precision_inputs():
@@ -82,7 +83,8 @@ def test_param_count():
 def test_init_gives_exact_ones():
     cfg = make_config(r=4, targets=("q", "k", "v", "g", "u"))
     w = core.init_vg_weights(cfg, generator=torch.Generator().manual_seed(1))
-    assert w.down.shape == (3, 4, 8) and w.up.shape == (3, cfg.vector_size, 4) and w.up_bias.shape == (3, cfg.vector_size)
+    assert (w.down.shape == (3, 4, 8) and w.up.shape == (3, cfg.vector_size, 4)
+            and w.up_bias.shape == (3, cfg.vector_size))
     assert w.down.abs().sum() > 0
     p = torch.randn(5, 8) * 100
     for i in range(3):

@@ -27,7 +27,8 @@ def test_base_prompts_chunked_para_prompts_whole(tiny_llama, adapters, reference
     batch = [(long_base, None), (para_prompts[0], "sql"), (long_base[:90], None), (para_prompts[1], "qa"),
              (para_prompts[2], "tone")]
     llm = LLM(
-        model=str(tiny_llama), **ENGINE_KWARGS, enforce_eager=True, enable_chunked_prefill=True, max_num_batched_tokens=STEP_TOKENS,
+        model=str(tiny_llama), **ENGINE_KWARGS, enforce_eager=True, enable_chunked_prefill=True,
+        max_num_batched_tokens=STEP_TOKENS,
         additional_config={"para": {"modules": adapters, "max_adapters": 2}},
     )
     try:

@@ -69,11 +69,11 @@ def test_family_mixed_adapters_match_reference(family):
     reference = PARAReferenceModel.from_pretrained(model, adapters=adapters)
     want = reference.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
     got = [list(o.outputs[0].token_ids) for o in outs]
-    for (ids, name), g, w in zip(batch, got, want):
+    for (_ids, name), g, w in zip(batch, got, want):
         assert g == w.token_ids, f"{arch}: adapter={name}"
     assert len({tuple(g) for g in got}) > len(prompt_ids), f"{arch}: adapters changed nothing (degenerate fixture)"
     tolerances = logprob_tolerances(model, adapters, batch, got)
-    for (ids, name), out, w, tol in zip(batch, outs, want, tolerances):
+    for (_ids, name), out, w, tol in zip(batch, outs, want, tolerances):
         assert chosen_logprobs(out.outputs[0]) == pytest.approx(w.logprobs, abs=tol), f"{arch}: adapter={name}"
 
     for i, out in alone.items():  # batch invariance

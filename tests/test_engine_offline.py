@@ -107,7 +107,8 @@ def test_seeded_sampling_n_reproducible(llm, prompt_ids):
 
     def run():
         sp = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=8, extra_args={"para_adapter": "qa"})
-        return [list(c.token_ids) for c in llm.generate([{"prompt_token_ids": prompt_ids[1]}], sp, use_tqdm=False)[0].outputs]
+        return [list(c.token_ids)
+                for c in llm.generate([{"prompt_token_ids": prompt_ids[1]}], sp, use_tqdm=False)[0].outputs]
 
     first, second = run(), run()
     assert first == second
@@ -155,7 +156,8 @@ def test_no_page_leak_after_1000_requests_and_aborts(llm, prompt_ids):
     names = [*ADAPTER_SPECS, None]
     prompts = [{"prompt_token_ids": prompt_ids[i % len(prompt_ids)]} for i in range(1000)]
     params = [
-        SamplingParams(max_tokens=2, temperature=0.0, extra_args={"para_adapter": names[i % 4]} if names[i % 4] else None)
+        SamplingParams(max_tokens=2, temperature=0.0,
+                       extra_args={"para_adapter": names[i % 4]} if names[i % 4] else None)
         for i in range(1000)
     ]
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -165,7 +167,8 @@ def test_no_page_leak_after_1000_requests_and_aborts(llm, prompt_ids):
     engine = llm.llm_engine
     ids = [f"abort-{i}" for i in range(8)]
     for i, rid in enumerate(ids):
-        engine.add_request(rid, prompts[i], SamplingParams(max_tokens=200, ignore_eos=True, extra_args={"para_adapter": "sql"}))
+        engine.add_request(rid, prompts[i],
+                           SamplingParams(max_tokens=200, ignore_eos=True, extra_args={"para_adapter": "sql"}))
     for _ in range(3):
         engine.step()
     assert para_stats(llm)["pages_in_use"] == 8

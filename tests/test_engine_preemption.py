@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import ADAPTER_SPECS, PROMPTS, build_adapters, generate_counting_preemptions, make_llm, token_prompts
+from engine_support import (
+    ADAPTER_SPECS, PROMPTS, build_adapters, generate_counting_preemptions, make_llm, token_prompts,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -31,5 +33,5 @@ def test_preemption_and_no_prefix_cache_match_reference(tiny_llama, tmp_path):
     assert pages_left == 0
     reference = PARAReferenceModel.from_pretrained(tiny_llama, adapters=adapters)
     want = reference.greedy([ids for ids, _ in batch], [n for _, n in batch], max_tokens, stop_at_eos=False)
-    for (ids, name), out, w in zip(batch, outs, want):
+    for (_ids, name), out, w in zip(batch, outs, want):
         assert list(out.outputs[0].token_ids) == w.token_ids, f"adapter={name}"

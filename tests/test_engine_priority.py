@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import ADAPTER_SPECS, ENGINE_KWARGS, PROMPTS, generate_counting_preemptions, para_stats, token_prompts
+from engine_support import (
+    ADAPTER_SPECS, ENGINE_KWARGS, PROMPTS, generate_counting_preemptions, para_stats, token_prompts,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -38,6 +40,6 @@ def test_priority_preemption_with_full_side_buffer(tiny_llama, adapters, referen
     assert preemptions > 0, "the test did not force any preemption"
     assert pages_left == 0
     want = reference.greedy([ids for ids, _ in batch], [n for _, n in batch], max_tokens, stop_at_eos=False)
-    for (ids, name), out, w in zip(batch, outs, want):
+    for (_ids, name), out, w in zip(batch, outs, want):
         assert len(out.outputs[0].token_ids) == max_tokens
         assert list(out.outputs[0].token_ids) == w.token_ids, f"adapter={name}"

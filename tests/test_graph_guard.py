@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 import vllm_para.engine.worker.graph_guard as guard
+from vllm_para.hooks import HOOKS, install_hooks
 from vllm_para.patching import is_wrapped
+
+GUARD_PATCHES = tuple(h.target for h in HOOKS if h.wrapper.startswith(guard.__name__ + ":"))
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32]
 
@@ -28,7 +31,7 @@ def _resolve(dotted: str):
 
 @pytest.fixture(scope="module", autouse=True)
 def installed():
-    guard.install_graph_guard()
+    install_hooks()
 
 
 # --------------------------------------------------------------- the vLLM we rely on
@@ -37,11 +40,17 @@ SIGNATURES = {
         "self", "num_tokens", "num_reqs", "num_scheduled_tokens_np", "max_num_scheduled_tokens",
         "use_cascade_attn", "allow_microbatching", "force_eager", "force_uniform_decode",
     ],
-    "dispatch": ["self", "num_tokens", "uniform_decode", "has_lora", "num_active_loras", "valid_modes", "invalid_modes"],
+    "dispatch": [
+        "self", "num_tokens", "uniform_decode", "has_lora", "num_active_loras", "valid_modes", "invalid_modes",
+    ],
 }
 
 
-@pytest.mark.parametrize("target", guard.PATCHES)
+def test_the_guard_has_its_two_hooks():
+    assert [t.rsplit(".", 1)[1] for t in GUARD_PATCHES] == ["_determine_batch_execution_and_padding", "dispatch"]
+
+
+@pytest.mark.parametrize("target", GUARD_PATCHES)
 def test_patched_targets_exist_and_are_wrapped(target):
     fn = _resolve(target)
     assert is_wrapped(fn), f"{target} is not wrapped by the graph guard"
@@ -51,9 +60,9 @@ def test_patched_targets_exist_and_are_wrapped(target):
 
 
 def test_install_is_idempotent():
-    before = _resolve(guard.PATCHES[1])
-    guard.install_graph_guard()
-    assert _resolve(guard.PATCHES[1]) is before
+    before = _resolve(GUARD_PATCHES[1])
+    install_hooks()
+    assert _resolve(GUARD_PATCHES[1]) is before
 
 
 def test_vllm_paths_we_rely_on():
@@ -203,7 +212,8 @@ def test_current_cudagraph_mode_reads_the_forward_context(para_runtime):
     from vllm.forward_context import ForwardContext, override_forward_context
 
     assert guard.current_cudagraph_mode() is None
-    ctx = ForwardContext(no_compile_layers={}, attn_metadata={}, slot_mapping={}, cudagraph_runtime_mode=CUDAGraphMode.FULL)
+    ctx = ForwardContext(no_compile_layers={}, attn_metadata={}, slot_mapping={},
+                         cudagraph_runtime_mode=CUDAGraphMode.FULL)
     with override_forward_context(ctx):
         assert guard.current_cudagraph_mode() is CUDAGraphMode.FULL
         with pytest.raises(guard.PARAGraphModeError):

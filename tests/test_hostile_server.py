@@ -254,7 +254,8 @@ def test_reload_same_name_while_old_version_drains(server, fixed_output, adapter
 
 def test_unknown_names_do_not_grow_metrics(server, fixed_output, tiny_llama):
     def series():
-        return sum(1 for line in server.get("/metrics").text.splitlines() if line.startswith("vllm_para:requests_total{"))
+        return sum(1 for line in server.get("/metrics").text.splitlines()
+                   if line.startswith("vllm_para:requests_total{"))
 
     before = series()
     rng = random.Random(0)
@@ -339,7 +340,8 @@ def test_fifo_race_during_loads_never_stalls_serving(server, fixed_output, tiny_
         try:
             for _ in range(12):
                 began = time.monotonic()
-                r = _load(server, name, d) if via == "admin" else server.post("/v1/completions", _body(name, PROMPTS[0]))
+                r = (_load(server, name, d) if via == "admin"
+                     else server.post("/v1/completions", _body(name, PROMPTS[0])))
                 assert r.status_code in (200, 400), r.text[:300]
                 assert time.monotonic() - began < LOAD_TIMEOUT_S + 5, "a load stalled"
                 statuses.append(r.status_code)
@@ -441,7 +443,7 @@ def test_host_cache_bound_and_in_flight_adapter_kept(server, fixed_output, tiny_
     with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=300) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
-        for i, name in enumerate(names[:19] * 2):
+        for _i, name in enumerate(names[:19] * 2):
             want = reference.greedy([ids], [name], MAX_TOKENS, stop_at_eos=False)[0].token_ids
             assert _tokens(server, name, PROMPTS[2]) == want, name
             held = _wait_metric(server, "vllm_para:adapters_in_host_memory", lambda v: v <= HOST_CACHE + start_named)
@@ -493,7 +495,7 @@ def test_ia3_adapters_by_first_use_and_admin_load(server, fixed_output, tiny_lla
     cards = {m["id"]: m for m in server.get("/v1/models").json()["data"]}
     assert cards["ia3dir"]["metadata"] == cards["ia3admin"]["metadata"] == {"kind": "ia3"}
     assert cards["t1"]["metadata"] == {"kind": "para"}
-    for path, name in ((adapter_dir / "ia3oproj", "ia3oproj"), (tmp_path / "ia3oproj2", "ia3oproj2")):
+    for path, _name in ((adapter_dir / "ia3oproj", "ia3oproj"), (tmp_path / "ia3oproj2", "ia3oproj2")):
         build_random_ia3_adapter(tiny_llama, path, seed=13, target_modules=["k_proj", "o_proj"], feedforward_modules=[])
     _refused(server.post("/v1/completions", _body("ia3oproj", PROMPTS[0])), 400, "o_proj")
     _refused(server.post("/v1/load_para_adapter", {"para_name": "ia3oproj2", "para_path": str(tmp_path / "ia3oproj2")}),

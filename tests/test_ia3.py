@@ -401,7 +401,8 @@ def _write(directory, config=None, tensors=None):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / IA3_CONFIG).write_text(json.dumps(_config() if config is None else config))
     if tensors is not False:
-        save_file(_tensors(DEFAULT_TENSORS) if tensors is None else tensors, str(directory / "adapter_model.safetensors"))
+        save_file(_tensors(DEFAULT_TENSORS) if tensors is None else tensors,
+                  str(directory / "adapter_model.safetensors"))
     return directory
 
 
@@ -422,7 +423,8 @@ def test_files(tmp_path):
     refused(tmp_path / "absent", r"absent: not a directory")
     pickles = _write(tmp_path / "pickles", tensors=False)
     torch.save({"x": torch.ones(1)}, pickles / "adapter_model.bin")
-    refused(pickles, r"adapter_model\.safetensors: missing\. Found \['adapter_model\.bin'\]: pickle files are never loaded")
+    refused(pickles,
+            r"adapter_model\.safetensors: missing\. Found \['adapter_model\.bin'\]: pickle files are never loaded")
     no_config = tmp_path / "no_config"
     shutil.copytree(good, no_config)
     (no_config / IA3_CONFIG).unlink()

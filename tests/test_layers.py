@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from vllm_para.engine.worker.layers import ResidualTap, ScaledProjection, WRAPPED, local_layers, missing_modules, wrap_layers
+from vllm_para.engine.worker.layers import (
+    ResidualTap, ScaledProjection, WRAPPED, local_layers, missing_modules, wrap_layers,
+)
 from vllm_para.engine.worker.vector_pages import VectorPages
 
 

@@ -291,7 +291,7 @@ def test_fleet_small_mode_end_to_end(tmp_path):
 
     summary = {(r["system"], int(r["concurrency"])): r for r in _csv(run / "summary.csv")}
     assert set(summary) == {(s, c) for s in ("para", "lora") for c in (4, 16)}
-    for (system, c), row in summary.items():
+    for (_system, _c), row in summary.items():
         assert int(row["failures"]) == 0 and float(row["output_tokens_per_s_median"]) > 0, row
         assert int(row["cold_requests"]) + int(row["warm_requests"]) == int(row["requests"]) == 8
     for system in ("para", "lora"):
@@ -454,7 +454,8 @@ def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path)
             for i, system in enumerate(("base", "para")):
                 f.write(f"{i},0,0,{system},4,{requests}\n")
         per_round = ";".join(f"r{i}={v}" for i, v in enumerate(tok_ratios))
-        (run / "ratios.csv").write_text(f"ratio,concurrency,median,min,max,per_round\nPARA/base output tok/s,4,0,0,0,{per_round}\n")
+        (run / "ratios.csv").write_text("ratio,concurrency,median,min,max,per_round\n"
+                                        f"PARA/base output tok/s,4,0,0,0,{per_round}\n")
         return pool_runs.read_run(run)
 
     a, b = fake("a", [0.90, 1.00, 0.95]), fake("b", [0.99, 0.97, 1.04])
@@ -467,7 +468,8 @@ def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path)
         pool_runs.pool([a, fake("d", [1.0], env="VLLM_CPU_KVCACHE_SPACE=1, THP_MEM_ALLOC_ENABLE=1")])
     assert f32.settings["server environment"] == "VLLM_CPU_KVCACHE_SPACE=1"
     assert (row["interval"].lo, row["interval"].hi) == (0.90, 1.04)  # 6 rounds: [min, max], 97%
-    assert "| PARA/base output tok/s | 4 | **0.980** [0.900-1.040] | 0.900-1.040 (97%) | 6 |" in pool_runs.markdown([a, b], [row])
+    assert ("| PARA/base output tok/s | 4 | **0.980** [0.900-1.040] | 0.900-1.040 (97%) | 6 |"
+            in pool_runs.markdown([a, b], [row]))
     # The committed float32 runs C and D: 8 rounds, the median's 93% interval [x_(2), x_(7)].
     d = pool_runs.read_run(results / "abba-full-float32-long-4r-d-20261130")
     tok = {r["concurrency"]: r for r in pool_runs.pool([f32, d]) if r["ratio"] == "PARA/base output tok/s"}
@@ -518,7 +520,8 @@ def test_served_profile_attributes_perf_samples_by_process_and_code():
             row(2, "base", "Python interpreter", 11.0), row(3, "para", "Python interpreter", 14.0),
             row(3, "para", "Inductor kernels", 2.0)]  # server 0 has no Inductor samples: it counts as 0
     med = SP.summarize_servers(rows)
-    assert med["para"][("worker", "Python interpreter")] == 12.0 and med["base"][("worker", "Python interpreter")] == 10.0
+    assert (med["para"][("worker", "Python interpreter")] == 12.0
+            and med["base"][("worker", "Python interpreter")] == 10.0)
     assert med["para"][("worker", "Inductor kernels")] == 1.0
     text = SP.markdown({"dtype": "float32", "label": None}, rows)
     assert "| Python interpreter | 12.0 | 10.0 | +2.0 | 1.200 |" in text

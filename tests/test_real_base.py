@@ -92,7 +92,7 @@ def test_real_base_mixed_batch_matches_reference(real_base):
 
     ref = PARAReferenceModel.from_pretrained(base, adapters=adapters)
     want = ref.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
-    for (ids, name), g, w in zip(batch, got, want):
+    for (_ids, name), g, w in zip(batch, got, want):
         if name in SPECS and SPECS[name][3] is STRONG:
             continue
         assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
@@ -108,14 +108,14 @@ def test_real_base_mixed_batch_matches_reference(real_base):
         err = gap(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name))
         rows.append((name, err, c, max(FLOOR, FACTOR * c)))
     # the (IA)^3 rows against PEFT's own (unmerged) model
-    for (ids, name), out, g, (_, _, c, tol) in zip(batch, outs, got, rows):
+    for (ids, name), out, g, (_, _, _c, tol) in zip(batch, outs, got, rows):
         if name == IA3:
             want_ids, want_lp = peft_greedy_and_logprobs(peft_model, ids, MAX_TOKENS)
             assert g == want_ids, f"(IA)^3 on the real base: {tok.decode(g)!r} vs PEFT {tok.decode(want_ids)!r}"
             assert chosen_logprobs(out.outputs[0]) == pytest.approx(want_lp, abs=tol)
     report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
     print(report)
-    for name, err, conditioning, tol in rows:
+    for name, err, _conditioning, tol in rows:
         assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"
     # mean pooling's conditioning is set by the sink token; leaving it out (mean_skip_first) fixes it
     worst = {n: max(c for m, _, c, _ in rows if m == n) for n in ("all_mean_r8_strong", "all_meanskip_r8_strong")}

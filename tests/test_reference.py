@@ -165,7 +165,8 @@ def test_pooling_uses_exactly_the_prompt_tokens(ref, pooling):
         ids2 = ids.clone()
         ids2[edit_row, edit_pos] = 3 if ids2[edit_row, edit_pos] != 3 else 4
         new = vectors(ids2, mask, [5, 5])
-        return [any(not torch.equal(new[i][t][edit_row], ref_vecs[i][t][edit_row]) for t in TARGET_ORDER) for i in range(L)]
+        return [any(not torch.equal(new[i][t][edit_row], ref_vecs[i][t][edit_row]) for t in TARGET_ORDER)
+                for i in range(L)]
 
     assert not any(changed(0, 0))  # left pad
     assert not any(changed(1, 9))  # right pad

@@ -170,11 +170,14 @@ def test_unknown_model_404_names_available(server):
     r = server.post("/v1/completions", {"model": "nope", "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 404
     err = r.json()["error"]
-    assert err["type"] == "NotFoundError" and "nope" in err["message"] and "'qa'" in err["message"] and "'sql'" in err["message"]
+    assert (err["type"] == "NotFoundError" and "nope" in err["message"] and "'qa'" in err["message"]
+            and "'sql'" in err["message"])
     base = server.get("/v1/models").json()["data"][0]["id"]
-    r = server.post("/v1/completions", {"model": base, "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "zzz"}})
+    r = server.post("/v1/completions",
+                    {"model": base, "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "zzz"}})
     assert r.status_code == 404 and "Available adapters: ['ia3', 'qa', 'sql']" in r.json()["error"]["message"]
-    r = server.post("/v1/completions", {"model": "sql", "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "qa"}})
+    r = server.post("/v1/completions",
+                    {"model": "sql", "prompt": "hi", "max_tokens": 2, "vllm_xargs": {"para_adapter": "qa"}})
     assert r.status_code == 400 and "name different PARA adapters" in r.json()["error"]["message"]
 
 

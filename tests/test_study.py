@@ -54,7 +54,8 @@ def test_matched_lora_rank(micro_base):
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(micro_base)))
     para = param_count(PARAConfig(base_model_name_or_path="x", r=12, targets=("q", "v", "u"), **shape.model_dump()))
     r = study.matched_lora_rank(micro_base, ("q_proj", "v_proj", "up_proj"))
-    per_rank = shape.num_hidden_layers * (3 * shape.hidden_size + shape.q_size + shape.kv_size + shape.intermediate_size)
+    per_rank = shape.num_hidden_layers * (3 * shape.hidden_size + shape.q_size + shape.kv_size
+                                          + shape.intermediate_size)
     assert abs(r * per_rank - para) <= per_rank / 2
 
 

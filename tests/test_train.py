@@ -148,7 +148,7 @@ def test_chat_pooled_token_and_loss_mask(tiny_llama):
     # the collator keeps the pooled token in place whatever the padding side
     for side in ("right", "left"):
         batch = PARADataCollator(tokenizer.pad_token_id, padding_side=side)([first, second])
-        for row, item in enumerate((first, second)):
+        for row, _item in enumerate((first, second)):
             end = int(batch["prompt_spans"][row, 1])
             assert int(batch["input_ids"][row, end - 1]) == tokenizer.convert_tokens_to_ids("<|assistant|>")
             assert int(batch["attention_mask"][row, end - 1]) == 1
@@ -215,7 +215,8 @@ def test_para_reloads_to_same_outputs(para_run, tiny_llama):
 
     encoded, _ = encode_examples(tokenizer, load_examples(args.data)[:4], max_length=64)
     batch = PARADataCollator(tokenizer.pad_token_id)(encoded)
-    call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], prompt_spans=batch["prompt_spans"])
+    call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                prompt_spans=batch["prompt_spans"])
     with torch.no_grad():
         trained = result.model.eval()(**call).logits
         reloaded = fresh(**call, adapter_names=["reloaded"] * 4).logits
@@ -233,7 +234,8 @@ def uneven_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "uneven.jsonl"
     words = ["cat", "dog", "bird", "fish", "table", "user", "city", "item"]
     completions = [" red"] * 7 + [" red green blue one two three four five six seven eight nine ten cat dog"]
-    path.write_text("".join(json.dumps({"prompt": f"color of {w}?", "completion": c}) + "\n" for w, c in zip(words, completions)))
+    path.write_text("".join(json.dumps({"prompt": f"color of {w}?", "completion": c}) + "\n"
+                            for w, c in zip(words, completions)))
     return path
 
 
@@ -361,7 +363,8 @@ def test_training_arguments_from_flags(tiny_llama, toy_data, tmp_path):
     assert ta.eval_strategy.value == "no" and ta.save_strategy.value == "steps"
     ta = training_arguments(TrainArgs(**base, bf16=True, gradient_accumulation_steps=4, warmup_ratio=0.1,
                                       eval_steps=5, gradient_checkpointing=True,
-                                      training_args={"optim": "sgd", "max_grad_norm": 0.5, "lr_scheduler_type": "linear"}),
+                                      training_args={"optim": "sgd", "max_grad_norm": 0.5,
+                                                     "lr_scheduler_type": "linear"}),
                             has_eval=True)
     assert ta.bf16 and ta.gradient_accumulation_steps == 4 and ta.gradient_checkpointing
     assert (ta.eval_strategy.value, ta.eval_steps) == ("steps", 5)
@@ -369,7 +372,8 @@ def test_training_arguments_from_flags(tiny_llama, toy_data, tmp_path):
 
 
 def test_cli_missing_data_file(tiny_llama, tmp_path):
-    proc = _run_cli("--base-model", str(tiny_llama), "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o"))
+    proc = _run_cli("--base-model", str(tiny_llama), "--data", str(tmp_path / "nope.jsonl"),
+                    "--output", str(tmp_path / "o"))
     assert proc.returncode != 0
     assert "data file not found" in proc.stderr and "nope.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -378,7 +382,8 @@ def test_cli_missing_data_file(tiny_llama, tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion": " d"}\n{"prompt": "e",\n', "line 3: malformed JSON"),
+        ('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion": " d"}\n{"prompt": "e",\n',
+         "line 3: malformed JSON"),
         ('{"prompt": "a"}\n', "line 1: missing key 'completion'"),
         ("\n\n", "no examples"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "line 1: no 'assistant' message"),
@@ -390,7 +395,8 @@ def test_cli_missing_data_file(tiny_llama, tmp_path):
 def test_bad_data_file(tiny_llama, tmp_path, capsys, content, message):
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
-    code = main(["--base-model", str(tiny_llama), "--data", str(data), "--output", str(tmp_path / "o"), "--no-progress"])
+    code = main(["--base-model", str(tiny_llama), "--data", str(data), "--output", str(tmp_path / "o"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code != 0
     assert message in err and str(data) in err
@@ -403,7 +409,8 @@ def test_bad_args_rejected(tiny_llama, toy_data, tmp_path, capsys):
     assert "--targets" in capsys.readouterr().err
     assert main([*base, "--r", "0"]) == 2
     assert "--r" in capsys.readouterr().err
-    assert main(["--base-model", str(tmp_path / "missing_model"), "--data", str(toy_data), "--output", str(tmp_path / "o")]) == 2
+    assert main(["--base-model", str(tmp_path / "missing_model"), "--data", str(toy_data),
+                 "--output", str(tmp_path / "o")]) == 2
     assert "base model directory not found" in capsys.readouterr().err
     assert main([*base, "--training-arg", "no_such_field=1"]) == 2
     assert "--training-arg: no_such_field: not a transformers TrainingArguments field" in capsys.readouterr().err
@@ -469,7 +476,8 @@ def test_trainer_supports_every_family(family, small_data, tmp_path):
 
     base = build_tiny_model(tmp_path / "base", arch=family)
     model, tokenizer = _load(base)
-    args = TrainArgs(base_model=str(base), data=small_data, output=tmp_path / "adapter", targets=("q", "k", "v", "g", "u"),
+    args = TrainArgs(base_model=str(base), data=small_data, output=tmp_path / "adapter",
+                     targets=("q", "k", "v", "g", "u"),
                      r=4, max_steps=3, batch_size=8, lr=5e-2, device="cpu", progress=False, save_steps=0)
     result = train(args, model=model, tokenizer=tokenizer)
     assert math.isfinite(result.train_loss)

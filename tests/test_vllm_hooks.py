@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 import vllm_para.plugin as plugin
+from vllm_para.hooks import HOOKS, PATCHES, owner_of
 from vllm_para.patching import is_wrapped
-from vllm_para.server.install import PATCHES as SERVER_PATCHES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +52,26 @@ ENGINE_SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("target", plugin.PATCHES + SERVER_PATCHES)
+# The graph guard's two hooks are checked in tests/test_graph_guard.py (their SIGNATURES).
+GUARD_CHECKED = {"_determine_batch_execution_and_padding", "dispatch"}
+
+
+def test_the_hook_table():
+    """One table, every entry distinct and well formed; every private vLLM method hooked has
+    its signature pinned here or in tests/test_graph_guard.py (vLLM promises nothing for them)."""
+    assert len(set(PATCHES)) == len(PATCHES) == len(HOOKS)
+    for hook in HOOKS:
+        assert hook.process in {"api server", "engine core", "worker"}, hook
+        assert hook.kind in {None, "staticmethod", "classmethod"}, hook
+        assert hook.purpose, hook
+        module, _, factory = hook.wrapper.partition(":")
+        assert module.startswith("vllm_para.") and factory, hook
+        name = hook.attr.rsplit(".", 1)[-1]
+        if hook.private:
+            assert name in ENGINE_SIGNATURES or name in GUARD_CHECKED, f"private hook {hook.target} is not pinned"
+
+
+@pytest.mark.parametrize("target", [h.target for h in HOOKS if owner_of(h) is not None])
 def test_patched_targets_exist_and_are_wrapped(target):
     fn = _resolve(target)
     assert is_wrapped(fn), f"{target} is not wrapped by vllm-para"
@@ -156,7 +175,8 @@ def test_page_ledger_admits_up_to_capacity():
     "kwargs, message",
     [
         ({"enable_lora": True}, "PARA and LoRA cannot be enabled together"),
-        ({"additional_config": {"para": {"modules": {"a": "/nonexistent"}}}}, r"PARA adapter 'a' \(/nonexistent\) cannot be loaded"),
+        ({"additional_config": {"para": {"modules": {"a": "/nonexistent"}}}},
+         r"PARA adapter 'a' \(/nonexistent\) cannot be loaded"),
         ({"additional_config": {"para": {"max_adapters": 0}}}, "para.max_adapters"),
         ({"additional_config": {"para": {"bogus": 1}}}, "para.bogus"),
         ({"long_prefill_token_threshold": 16}, "--long-prefill-token-threshold splits long prompts"),
@@ -223,3 +243,11 @@ def test_fuzzed_adapters_refused_at_startup(tiny_llama, adapters, tmp_path):
             _engine_config(tiny_llama, additional_config={"para": {"modules": {"fz": str(case.path)}}})
         message = str(info.value)
         assert "PARA adapter 'fz'" in message and case.expect in message.lower(), (case.name, message[:300])
+
+
+def test_architecture_doc_lists_every_hook():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    missing = [h.target for h in HOOKS if f"`{h.target}`" not in doc]
+    assert not missing, f"docs/architecture.md's hook table lacks {missing}"

@@ -21,8 +21,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from .config import (
-    CONFIG_FILE, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip, read_adapter_bytes,
-    read_config_bytes,
+    CONFIG_FILE, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip,
+    read_adapter_bytes, read_config_bytes,
 )
 from .core import DOWN, UP, UP_BIAS, VGWeights, tensor_name
 

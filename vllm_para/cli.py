@@ -9,7 +9,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": "vllm_para.training.train", "base": "vllm_para.base_model"}
     if not argv or argv[0] not in commands:
-        print(f"usage: vllm-para {{{','.join(commands)}}} [options]   (try: vllm-para train --help, vllm-para base --help)")
+        print(f"usage: vllm-para {{{','.join(commands)}}} [options]   "
+              "(try: vllm-para train --help, vllm-para base --help)")
         return 2
     import importlib
 

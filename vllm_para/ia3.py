@@ -195,7 +195,8 @@ class _Matcher:
             _compile(config.target_modules, "target_modules", where) if isinstance(config.target_modules, str) else None
         )
         self.exclude = (
-            _compile(config.exclude_modules, "exclude_modules", where) if isinstance(config.exclude_modules, str) else None
+            _compile(config.exclude_modules, "exclude_modules", where)
+            if isinstance(config.exclude_modules, str) else None
         )
         self.feedforward = (
             _compile(config.feedforward_modules, "feedforward_modules", where)

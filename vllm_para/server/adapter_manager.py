@@ -90,7 +90,8 @@ class AdapterManager:
                 await self.client.collective_rpc("para_remove_adapter", args=(name, entry.version))
             except Exception as undo_exc:  # pragma: no cover - engine going down
                 logger.warning("PARA: rollback of adapter %r failed: %s", name, undo_exc)
-            raise AdapterLoadError(f"Cannot load PARA adapter {name!r}: a worker refused it: {_last_line(exc)}") from None
+            raise AdapterLoadError(f"Cannot load PARA adapter {name!r}: "
+                                   f"a worker refused it: {_last_line(exc)}") from None
         registry.publish(entry)  # every worker has it: selectable from now on
         logger.info("PARA adapter %r loaded from %s (version %d)", name, entry.path, entry.version)
         return entry

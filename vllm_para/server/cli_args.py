@@ -91,12 +91,3 @@ def _wrap_from_cli_args(original):
         return engine_args
 
     return from_cli_args
-
-
-def install_cli_hooks() -> None:
-    from vllm.engine.arg_utils import EngineArgs
-
-    from ..patching import wrap_attribute
-
-    wrap_attribute(EngineArgs, "add_cli_args", _wrap_add_cli_args, kind=staticmethod)
-    wrap_attribute(EngineArgs, "from_cli_args", _wrap_from_cli_args, kind=classmethod)

@@ -13,6 +13,9 @@ from vllm_para.engine.frontend.settings import REQUEST_ADAPTER_KEY, adapter_name
 
 # The PARA adapter the current HTTP request selected (each request runs in its own task):
 # by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
+# Set by `_maybe_get_adapters` and read later in the same request's handler (`model_name`, beam
+# search). Never reset on purpose: the server runs each HTTP request in its own asyncio task, whose
+# context is a copy, so a value set here is seen by that request only and goes away with its task.
 _selected_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_adapter", default=None)
 _requested_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_requested", default=None)
 

@@ -59,7 +59,8 @@ def _generate(split: str, n: int, rng: random.Random) -> list[TaskExample]:
         for _ in range(steps):
             can_add, can_sub = value < MAX_VALUE - 1, value > 1
             op = "+" if (can_add and (not can_sub or rng.random() < 0.5)) else "-"
-            k = rng.randint(1, min(MAX_STEP, MAX_VALUE - value)) if op == "+" else rng.randint(1, min(MAX_STEP, value - 1))
+            k = (rng.randint(1, min(MAX_STEP, MAX_VALUE - value)) if op == "+"
+                 else rng.randint(1, min(MAX_STEP, value - 1)))
             value = value + k if op == "+" else value - k
             ops.append((op, k))
             sentences.append(rng.choice((ADD if op == "+" else SUB)[split]).format(n=name, m=other, k=k, i=item))

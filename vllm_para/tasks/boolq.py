@@ -12,8 +12,10 @@ from .world import article, pools
 QUESTIONS_ALL: dict[str, tuple[str, ...]] = {
     "town": ("Does {n} live in {v}?", "Is {v} the home town of {n}?", "Is {n} living in {v}?",
              "Would you find the home of {n} in {v}?"),
-    "job": ("Is {n} {a} {v}?", "Does {n} work as {a} {v}?", "Is the job of {n} {v}?", "Does {n} earn a living as {a} {v}?"),
-    "pet": ("Does {n} own {a} {v}?", "Is the pet of {n} {a} {v}?", "Does {n} keep {a} {v}?", "Is {a} {v} the pet of {n}?"),
+    "job": ("Is {n} {a} {v}?", "Does {n} work as {a} {v}?", "Is the job of {n} {v}?",
+            "Does {n} earn a living as {a} {v}?"),
+    "pet": ("Does {n} own {a} {v}?", "Is the pet of {n} {a} {v}?", "Does {n} keep {a} {v}?",
+            "Is {a} {v} the pet of {n}?"),
     "color": ("Does {n} like the color {v}?", "Is {v} the favorite color of {n}?", "Does {n} love {v}?",
               "Is {v} the color {n} likes?"),
     "age": ("Is {n} {v} years old?", "Is the age of {n} {v}?", "Has {n} lived for {v} years?", "Is {n} aged {v}?"),

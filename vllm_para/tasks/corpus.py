@@ -218,7 +218,8 @@ def worked_problem(rng: random.Random) -> str:
     sentences, ops = [rng.choice(_every(arith.START)).format(n=name, k=value, i=item)], []
     for _ in range(rng.randint(1, 4)):
         add = value < arith.MAX_VALUE - 1 and (value <= 1 or rng.random() < 0.5)
-        k = rng.randint(1, min(arith.MAX_STEP, arith.MAX_VALUE - value)) if add else rng.randint(1, min(arith.MAX_STEP, value - 1))
+        k = (rng.randint(1, min(arith.MAX_STEP, arith.MAX_VALUE - value)) if add
+             else rng.randint(1, min(arith.MAX_STEP, value - 1)))
         value = value + k if add else value - k
         ops.append(("+" if add else "-", k))
         sentences.append(rng.choice(_every(arith.ADD if add else arith.SUB)).format(n=name, m=other, k=k, i=item))

@@ -45,7 +45,8 @@ def _vllm_generate(spec: dict, stops: list[int]) -> list[dict]:
     from vllm import LLM, SamplingParams
 
     reqs = spec["requests"]
-    kwargs = dict(ENGINE_KWARGS, max_num_seqs=spec.get("max_num_seqs", 64), enforce_eager=spec.get("enforce_eager", False))
+    kwargs = dict(ENGINE_KWARGS, max_num_seqs=spec.get("max_num_seqs", 64),
+                  enforce_eager=spec.get("enforce_eager", False))
     if spec["engine"] == "para":
         names = sorted(spec["adapters"])
         llm = LLM(model=spec["base"], additional_config={"para": {

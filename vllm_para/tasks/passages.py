@@ -19,10 +19,12 @@ FACT_KINDS: tuple[str, ...] = ("town", "job", "pet", "color", "age")
 FACT_PHRASINGS_ALL: dict[str, tuple[str, ...]] = {
     "town": ("{n} lives in {v}.", "{n} has a home in {v}.", "{n} resides in {v}.", "The home of {n} is in {v}."),
     "job": ("{n} works as {a} {v}.", "{n} is {a} {v}.", "{n} earns a living as {a} {v}.", "By trade, {n} is {a} {v}."),
-    "pet": ("{n} owns {a} {v}.", "{n} keeps {a} {v} at home.", "{n} has {a} {v} as a pet.", "The pet of {n} is {a} {v}."),
+    "pet": ("{n} owns {a} {v}.", "{n} keeps {a} {v} at home.", "{n} has {a} {v} as a pet.",
+            "The pet of {n} is {a} {v}."),
     "color": ("{n} likes the color {v}.", "The favorite color of {n} is {v}.", "{n} loves the color {v}.",
               "{n} prefers {v} to any other color."),
-    "age": ("{n} is {v} years old.", "{n} turned {v} this year.", "The age of {n} is {v}.", "{n} has lived for {v} years."),
+    "age": ("{n} is {v} years old.", "{n} turned {v} this year.", "The age of {n} is {v}.",
+            "{n} has lived for {v} years."),
 }
 FACT_PHRASINGS = {kind: split3(p, 2, 1) for kind, p in FACT_PHRASINGS_ALL.items()}
 

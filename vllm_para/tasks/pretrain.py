@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = ensure_base_model(args.recipe, force=args.force)
     info = json.loads((path / INFO_FILE).read_text())
-    print(f"{path}  ({info['parameters']} parameters, final loss {info['loss_last50']:.3f}, built in {info['seconds']} s)")
+    print(f"{path}  ({info['parameters']} parameters, final loss {info['loss_last50']:.3f}, "
+          f"built in {info['seconds']} s)")
     if args.probe:
         print(json.dumps(probe_base(path), indent=2))
     return 0

@@ -11,8 +11,9 @@ from pathlib import Path
 from . import get_task
 
 MAIN_ORDER = ("base", "para", "lora_matched", "lora_r8", "ia3", "bitfit")
-NAMES = {"base": "base model (no adapter)", "para": "PARA r=12 q,v,u last", "lora_matched": "LoRA matched params (q,v,up)",
-         "lora_r8": "LoRA r=8 (q,v)", "ia3": "(IA)^3", "bitfit": "BitFit"}
+NAMES = {"base": "base model (no adapter)", "para": "PARA r=12 q,v,u last",
+         "lora_matched": "LoRA matched params (q,v,up)", "lora_r8": "LoRA r=8 (q,v)", "ia3": "(IA)^3",
+         "bitfit": "BitFit"}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -167,7 +168,8 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
 
     # ---- LR selection
     L.append("## Learning-rate selection (validation, seed 0)\n")
-    L.append("| method | scope | " + " | ".join(f"lr {lr:g}" for lr in sorted({float(r['lr']) for r in rows if r['lr'] != ''})) + " |")
+    L.append("| method | scope | "
+             + " | ".join(f"lr {lr:g}" for lr in sorted({float(r['lr']) for r in rows if r['lr'] != ''})) + " |")
     lrs = sorted({float(r["lr"]) for r in rows if r["lr"] != ""})
     L.append("|---|---|" + "---|" * len(lrs))
     val = defaultdict(dict)
@@ -177,7 +179,8 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
                 and r["metric"] == get_task(r["task"]).metric:
             scope = "multi" if r["scope"] == "multi-task" else r["task"]
             val[(r["method"], scope)].setdefault(float(r["lr"]), []).append(r["value"])
-    for (m, scope), by_lr in sorted(val.items(), key=lambda kv: (MAIN_ORDER.index(kv[0][0]) if kv[0][0] in MAIN_ORDER else 99, kv[0][1])):
+    for (m, scope), by_lr in sorted(
+            val.items(), key=lambda kv: (MAIN_ORDER.index(kv[0][0]) if kv[0][0] in MAIN_ORDER else 99, kv[0][1])):
         pick = chosen.get((m, "multi" if scope == "multi" else scope))
         L.append(f"| {m} | {scope} | " + " | ".join(
             ("**" if lr == pick else "") + (f"{100 * statistics.mean(by_lr[lr]):.1f}" if lr in by_lr else "-")
@@ -240,8 +243,10 @@ def _comparison(cells, multi, tasks) -> list[str]:
                 entry = f"{t} ({100 * d:+.1f})"
                 (wins if d > 0.005 else losses if d < -0.005 else ties).append(entry)
             if wins or losses or ties:
-                out.append(f"- vs {NAMES.get(other, other)} ({scope_name}): PARA better on {', '.join(wins) or 'none'}; "
-                           f"worse on {', '.join(losses) or 'none'}" + (f"; tied on {', '.join(ties)}" if ties else "") + ".")
+                out.append(f"- vs {NAMES.get(other, other)} ({scope_name}): "
+                           f"PARA better on {', '.join(wins) or 'none'}; "
+                           f"worse on {', '.join(losses) or 'none'}"
+                           + (f"; tied on {', '.join(ties)}" if ties else "") + ".")
             if other == "base":
                 break
     return out
@@ -337,8 +342,10 @@ def _generation_length(rows, jobs, chosen, data, preds, plots) -> list[str]:
            "|---|" + "---|" * (2 * len(steps_all))]
     for label in [m for m in MAIN_ORDER if m in by_label]:
         out.append(f"| {NAMES.get(label, label)} | " + " | ".join(
-            f"{100 * statistics.mean(by_label[label][s]):.0f}" if by_label[label][s] else "-" for s in steps_all) + " | "
-            + " | ".join(f"{100 * statistics.mean(pos[label][k]):.0f}" if pos[label][k] else "-" for k in steps_all) + " |")
+            f"{100 * statistics.mean(by_label[label][s]):.0f}" if by_label[label][s] else "-"
+            for s in steps_all) + " | "
+            + " | ".join(f"{100 * statistics.mean(pos[label][k]):.0f}" if pos[label][k] else "-"
+                         for k in steps_all) + " |")
     out.append("")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -369,7 +376,8 @@ def _vectors_section(vectors, jobs, plots) -> list[str]:
            "reference. `cos dispersion` = 1 - mean pairwise cosine similarity of the adjustments l - 1 (0: every "
            "prompt gets the same direction); `varying share` = mean ||l - mean(l)|| / mean ||l - 1|| (0: a static "
            "adapter; 1: the prompt-dependent part is as large as the whole adjustment).\n",
-           "| adapter | prompts of | " + " | ".join(f"layer {i} cos disp / varying" for i in range(_n_layers(vectors))) + " |",
+           "| adapter | prompts of | "
+           + " | ".join(f"layer {i} cos disp / varying" for i in range(_n_layers(vectors))) + " |",
            "|---|---|" + "---|" * _n_layers(vectors)]
     ids = {j.id: j for j in jobs}
     for jid, per_task in vectors.items():

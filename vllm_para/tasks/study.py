@@ -179,7 +179,8 @@ def phase_b_jobs(cfg: StudyConfig, chosen: dict[tuple[str, str], float]) -> list
             for label, overrides in ABLATIONS[group].items():
                 for t in cfg.ablation_tasks:
                     for s in cfg.ablation_seeds:
-                        jobs.append(Job(label, t, chosen[("para", t)], s, _spec({**METHODS["para"], **overrides}), group))
+                        jobs.append(Job(label, t, chosen[("para", t)], s, _spec({**METHODS["para"], **overrides}),
+                                        group))
     return jobs
 
 
@@ -226,7 +227,8 @@ def matched_lora_rank(base: Path, target_modules: tuple[str, ...]) -> int:
     return max(1, round(para / per_rank))
 
 
-def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, log=None, threads: int | None = None) -> dict:
+def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, log=None,
+              threads: int | None = None) -> dict:
     """Train one adapter with the project's trainer (skipped when already done)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = work / "adapters" / job.id
@@ -340,8 +342,8 @@ def _export_static(result, out: Path) -> None:
     bias = torch.stack([
         torch.cat([vectors[i][t][0].reshape(-1).float() for t in TARGET_ORDER if t in config.targets]) for i in range(L)
     ])
-    weights = VGWeights(down=torch.zeros(L, config.r, config.hidden_size), up=torch.zeros(L, config.vector_size, config.r),
-                        up_bias=bias)
+    weights = VGWeights(down=torch.zeros(L, config.r, config.hidden_size),
+                        up=torch.zeros(L, config.vector_size, config.r), up_bias=bias)
     PARAAdapter(config, weights).save(out)
 
 
@@ -588,7 +590,8 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     t = time.time()
     infos = train_all(grid, base, data, cfg, work, log)
     timings["train_grid_s"] = round(time.time() - t, 1)
-    timings.update({f"eval_A_{k}_s": v for k, v in evaluate(grid, base, data, work, preds, log, include_base=True).items()})
+    timings.update({f"eval_A_{k}_s": v
+                    for k, v in evaluate(grid, base, data, work, preds, log, include_base=True).items()})
     chosen = choose_lrs(cfg, grid, data, preds)
 
     log("[study] phase B: more seeds and ablations at the chosen rates")
@@ -655,9 +658,11 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--run-id", default=None, help="results go to reproduction/results/<run-id>/ (default: preset-<time>)")
+    p.add_argument("--run-id", default=None,
+                   help="results go to reproduction/results/<run-id>/ (default: preset-<time>)")
     p.add_argument("--results-dir", default="reproduction/results")
     p.add_argument("--work-dir", default=None, help="adapters and generations (default <cache>/study/<run-id>)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",

@@ -166,7 +166,8 @@ class BitFit(TrainerModule):
         expected = set(self.state_tensors())
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise ValueError(f"{directory / BITFIT_WEIGHTS_FILE}: tensors do not fit the model (missing {missing[:3]}, unexpected {extra[:3]}).")
+            raise ValueError(f"{directory / BITFIT_WEIGHTS_FILE}: tensors do not fit the model "
+                             f"(missing {missing[:3]}, unexpected {extra[:3]}).")
         with torch.no_grad():
             for name in self.module_names:
                 self.biases[self._key(name)].copy_(tensors[f"{name}.bias"])

@@ -54,7 +54,8 @@ def _chat_example(row: dict, where: str) -> ChatExample:
             raise TrainDataError(f"{where}: messages[{i}].role is empty.")
         clean.append({"role": m["role"], "content": m["content"]})
     if clean[0]["role"] == "assistant":
-        raise TrainDataError(f"{where}: messages[0] is an assistant turn with no prompt before it (PARA conditions on the prompt).")
+        raise TrainDataError(f"{where}: messages[0] is an assistant turn with no prompt before it "
+                             "(PARA conditions on the prompt).")
     if not any(m["role"] == "assistant" for m in clean):
         raise TrainDataError(f"{where}: no 'assistant' message (nothing to train on).")
     return ChatExample(tuple(clean))
@@ -86,7 +87,8 @@ def load_examples(path: str | Path) -> list[Example | ChatExample]:
         except json.JSONDecodeError as exc:
             raise TrainDataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}).") from exc
         if not isinstance(row, dict):
-            raise TrainDataError(f"{where}: expected a JSON object with 'prompt' and 'completion' (or 'messages'), got {type(row).__name__}.")
+            raise TrainDataError(f"{where}: expected a JSON object with 'prompt' and 'completion' (or 'messages'), "
+                                 f"got {type(row).__name__}.")
         if "messages" in row:
             examples.append(_chat_example(row, where))
             continue

@@ -106,7 +106,8 @@ class TrainArgs(BaseModel):
     eval_steps: int | None = Field(default=None, ge=1)
     save_steps: int = Field(default=500, ge=0, description="checkpoint every N steps (0: no checkpoints)")
     logging_steps: int = Field(default=10, ge=1)
-    resume_from_checkpoint: str | None = Field(default=None, description="checkpoint dir, or 'last' (newest in --output)")
+    resume_from_checkpoint: str | None = Field(default=None,
+                                               description="checkpoint dir, or 'last' (newest in --output)")
     report_to: str = "none"
     training_args: dict[str, Any] = Field(default_factory=dict, description="other TrainingArguments fields")
     lora_r: int = Field(default=8, ge=1)
@@ -226,7 +227,8 @@ def prepare(model, args: TrainArgs, generator: torch.Generator | None = None) ->
             base_model_name_or_path=str(args.base_model), generator=generator,
         )
     if args.method == "lora":
-        return baselines.prepare_lora(model, r=args.lora_r, alpha=args.lora_alpha, target_modules=args.lora_target_modules)
+        return baselines.prepare_lora(model, r=args.lora_r, alpha=args.lora_alpha,
+                                      target_modules=args.lora_target_modules)
     if args.method == "ia3":
         return baselines.prepare_ia3(model)
     if args.method == "bitfit":
@@ -381,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="adapter output directory (checkpoints go to OUTPUT/checkpoint-N)")
     p.add_argument("--method", choices=METHODS, default="para")
     p.add_argument("--r", type=int, default=12, help="PARA VG bottleneck size (default 12)")
-    p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="PARA targets among q k v g u (default q v u)")
+    p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS),
+                   help="PARA targets among q k v g u (default q v u)")
     p.add_argument("--pooling", choices=get_args(Pooling), default="last", help="PARA prompt pooling")
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                    help=f"learning rate (default per method: {DEFAULT_LR})")
@@ -398,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="load the base in bfloat16 and train under bf16 autocast "
                    "(adapter parameters, the VG and the loss stay float32)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--eval-data", default=None, help="JSONL evaluated every --eval-steps (else every epoch) and at the end")
+    p.add_argument("--eval-data", default=None,
+                   help="JSONL evaluated every --eval-steps (else every epoch) and at the end")
     p.add_argument("--eval-steps", type=int, default=None)
     p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (0: none; default 500)")
     p.add_argument("--logging-steps", type=int, default=10)

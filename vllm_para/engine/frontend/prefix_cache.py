@@ -39,11 +39,3 @@ def _wrap(original):
         return keys, next_mm_idx
 
     return generate_block_hash_extra_keys
-
-
-def install_prefix_cache_keys() -> None:
-    from vllm.v1.core import kv_cache_utils
-
-    from vllm_para.patching import wrap_attribute
-
-    wrap_attribute(kv_cache_utils, "generate_block_hash_extra_keys", _wrap)

@@ -47,14 +47,6 @@ from contextvars import ContextVar
 
 from vllm_para.common.request import PARARequest, needs_vg
 
-# Everything the graph guard changes in vLLM (checked by tests/test_graph_guard.py).
-PATCHES = (
-    # decides the step's graph mode: marks steps holding a PARA prompt in its prefill step
-    "vllm.v1.worker.gpu_model_runner.GPUModelRunner._determine_batch_execution_and_padding",
-    # picks FULL / PIECEWISE / NONE: refuses FULL inside a marked call
-    "vllm.v1.cudagraph_dispatcher.CudagraphDispatcher.dispatch",
-)
-
 # True only while `_determine_batch_execution_and_padding` runs for a step that must run the VG.
 _no_full_graph: ContextVar[bool] = ContextVar("vllm_para_no_full_graph", default=False)
 
@@ -107,7 +99,8 @@ def check_not_full_graph(mode, plan_nonempty: bool) -> None:
             "vllm-para: this step must compute PARA vectors (a PARA prompt is in its prefill step) but vLLM "
             "dispatched it to a FULL CUDA graph, in which the vllm_para::compute_vectors op does not run: the "
             "prompt would decode with stale vectors. The graph guard (vllm_para.engine.worker.graph_guard."
-            "install_graph_guard) is missing or vLLM changed how it picks the graph mode; as a workaround "
+            "_wrap_determine_batch_execution, installed by vllm_para.hooks) is missing or vLLM changed how it picks "
+            "the graph mode; as a workaround "
             "serve with --compilation-config '{\"cudagraph_mode\": \"PIECEWISE\"}' or --enforce-eager."
         )
 
@@ -181,14 +174,3 @@ def _wrap_dispatch(original):
         return mode, batch_descriptor
 
     return dispatch
-
-
-def install_graph_guard() -> None:
-    """Wrap the two vLLM functions in `PATCHES` (idempotent; pass-through without PARA)."""
-    from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    from vllm_para.patching import wrap_attribute
-
-    wrap_attribute(GPUModelRunner, "_determine_batch_execution_and_padding", _wrap_determine_batch_execution)
-    wrap_attribute(CudagraphDispatcher, "dispatch", _wrap_dispatch)

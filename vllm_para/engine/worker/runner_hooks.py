@@ -69,21 +69,3 @@ def _wrap_load_model(original):
         return result
 
     return load_model
-
-
-def install_runner_hooks() -> None:
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    from vllm_para.patching import wrap_attribute
-
-    wrap_attribute(GPUModelRunner, "load_model", _wrap_load_model)
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-    except ImportError:  # pragma: no cover - builds without the CPU runner
-        pass
-    else:
-        if "load_model" in CPUModelRunner.__dict__:
-            wrap_attribute(CPUModelRunner, "load_model", _wrap_load_model)
-
-    wrap_attribute(GPUModelRunner, "_on_request_state_removed", _wrap_request_removed)
-    wrap_attribute(GPUModelRunner, "_model_forward", _wrap_model_forward)
