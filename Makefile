@@ -12,7 +12,7 @@ demo: venv  ## SmolLM2-135M-Instruct (converted once, ~1 min) -> train 3 PARA ad
 test: venv  ## the test suite CI runs (under 25 minutes on 2 cores; `slow` tests: make test-slow)
 	$(PY) -m pytest -q tests -m "not slow" --durations=15
 
-test-slow: venv  ## the tests left out of `make test`: the small and fleet load tests end to end, DP with two API servers
+test-slow: venv  ## the tests left out of `make test`: the small and fleet load tests end to end, DP (one and two API servers), base requests vs a plain engine for gemma2/qwen3
 	$(PY) -m pytest -q -rs tests -m slow
 
 test-fast: venv  ## tests that do not start a vLLM engine

@@ -98,6 +98,7 @@ def test_dp2_adapter_dir_refused_with_two_api_servers(tiny_llama, dp_adapters, t
     assert "--para-adapter-dir cannot be used with --api-server-count > 1" in str(exc.value)
 
 
+@pytest.mark.slow  # `make test-slow` (one API server, two engines: about 70 s)
 def test_dp2_one_api_server_loads_reach_both_engines(tiny_llama, dp_adapters, expected, tmp_path):
     paths, adapter_dir = dp_adapters
     srv = Server(tiny_llama, DP + ["--api-server-count", "1", "--enable-para", "--para-modules", f"sql={paths['sql']}",

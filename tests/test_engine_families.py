@@ -101,6 +101,8 @@ def _beam_search(llm, ids, adapter):
     return vllm_para.beam_search(llm, [{"prompt_token_ids": ids}], params, adapters=[adapter])[0]
 
 
+# `make test-slow` (two engines per family, ~80 s each); make test checks llama's in test_engine_offline
+@pytest.mark.slow
 def test_family_base_requests_equal_plain_engine(family):
     arch, model, adapters = family
     if arch not in PLAIN_ENGINE_CHECK:
