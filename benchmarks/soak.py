@@ -777,7 +777,7 @@ def main() -> int:
                         help="spread the requests over at least this many seconds, in bursts of --burst (0: flat out)")
     parser.add_argument("--burst", type=int, default=64, help="requests released together (then idle until the next)")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=1000,
+    parser.add_argument("--warmup", type=int, default=2500,
                         help="requests before the baseline RSS sample (at most half of --requests); they name "
                              "the directory adapters round-robin")
     parser.add_argument("--no-shape-sweep", dest="shape_sweep", action="store_false",
