@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from vllm_para.tasks import TASK_NAMES, get_task, write_jsonl
+from vllm_para.tasks import HARD_TASK_NAMES, TASK_NAMES, get_task, write_jsonl
 from vllm_para.tasks import study
 
 
@@ -43,6 +43,30 @@ def test_job_planning():
     assert engines == {"para": "para", "lora_matched": "lora", "lora_r8": "lora", "ia3": "para",
                        "bitfit": "transformers"}
     assert study.Job("para[r=4]", "qa", 0.01, 0, ()).id == "para-r4__qa__lr0.01__s0"
+
+
+def test_full_preset_plans_the_low_data_axis_and_fits_its_budget():
+    cfg = study.PRESETS["full"]
+    assert cfg.tasks == HARD_TASK_NAMES
+    grid = study.grid_jobs(cfg)
+    chosen = {(j.label, j.task): j.lr for j in grid}
+    extra = study.phase_b_jobs(cfg, chosen)
+    low = [j for j in extra if j.group == "low_data"]
+    assert {(j.label, j.args["n_train"]) for j in low} == {
+        (f"{m}[n={n}]", n) for m in cfg.low_data_methods for n in cfg.low_data}
+    assert all(j.lr == chosen[(j.args["method"] if j.label.startswith("para") else "lora_matched", j.task)]
+               for j in low)
+    assert not any(j.task == study.MULTI for j in extra if j.group == "main")  # multi_seeds=False
+    assert len({j.id for j in grid + extra}) == len(grid + extra)
+    steps = sum(cfg.multi_steps if j.task == study.MULTI else cfg.steps for j in grid + extra)
+    assert steps <= 2800, steps  # ~2.1 s per bf16 step on 2 cores: about 100 minutes of training
+
+
+def test_low_data_jobs_train_on_the_first_examples(tmp_path):
+    cfg = study.StudyConfig(tasks=("qa_hard",), n_train=40, n_val=0, n_test=0, multitask=False, low_data=(8,))
+    data = study.Data(cfg, tmp_path)
+    lines = data.paths[("qa_hard", 8)].read_text().splitlines()
+    assert lines == data.paths["qa_hard"].read_text().splitlines()[:8]
 
 
 def test_matched_lora_rank(micro_base):
@@ -114,7 +138,7 @@ def test_reproduce_quick(tmp_path):
     assert list(rows[0]) == list(study.COLUMNS)
     test = {(r["method"], r["task"]): float(r["value"]) for r in rows
             if r["split"] == "test" and r["metric"] == get_task(r["task"]).metric}
-    for t in TASK_NAMES:
+    for t in study.PRESETS["quick"].tasks:
         assert test[("para", t)] > test[("base", t)], (t, test[("para", t)], test[("base", t)])
     assert {r["engine"] for r in rows if r["method"] == "para"} == {"vllm"}
     report = (run_dir / "report.md").read_text()

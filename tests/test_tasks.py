@@ -21,7 +21,11 @@ SLOT_KINDS = {
     "copa": ("names",),
     "arith": ("names", "items"),
     "sql": ("names", "towns", "jobs", "pets"),
+    "qa_hard": ("names", "towns", "jobs", "pets", "colors"),
+    "sql_hard": ("names", "towns", "jobs", "pets"),
 }
+ALL_NAMES = TASK_NAMES + ("qa_hard", "sql_hard")  # the five, and the real base's harder variants
+ALL_TASKS = [get_task(n) for n in ALL_NAMES]
 
 
 def _words(text: str) -> set[str]:
@@ -30,7 +34,7 @@ def _words(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def examples():
-    return {(t.name, s): t.generate(s, N, seed=0) for t in all_tasks() for s in SPLITS}
+    return {(t.name, s): t.generate(s, N, seed=0) for t in ALL_TASKS for s in SPLITS}
 
 
 def test_five_tasks_registered():
@@ -43,7 +47,7 @@ def test_five_tasks_registered():
 
 
 def test_generation_is_deterministic_and_seeded():
-    for task in all_tasks():
+    for task in ALL_TASKS:
         a = task.generate("train", 20, seed=0)
         b = task.generate("train", 20, seed=0)
         c = task.generate("train", 20, seed=1)
@@ -61,7 +65,7 @@ def test_entity_pools_are_disjoint():
 
 
 def test_splits_share_no_entities(examples):
-    for task in TASK_NAMES:
+    for task in ALL_NAMES:
         for split in SPLITS:
             words = set().union(*(_words(e.prompt + e.completion) for e in examples[(task, split)]))
             for other in SPLITS:
@@ -73,7 +77,7 @@ def test_splits_share_no_entities(examples):
 
 
 def test_splits_share_no_templates(examples):
-    for task in all_tasks():
+    for task in ALL_TASKS:
         per_split = {s: task.templates(s) for s in SPLITS}
         for s in SPLITS:
             assert per_split[s], (task.name, s)
@@ -106,7 +110,7 @@ def test_copa_relations_are_split():
 
 
 def test_gold_scores_one_and_garbage_zero(examples):
-    for task in all_tasks():
+    for task in ALL_TASKS:
         exs = examples[(task.name, "test")]
         gold = task.score([e.completion for e in exs], exs)
         assert all(v == 1.0 for v in gold.values()), (task.name, gold)
@@ -125,6 +129,20 @@ def test_balanced_labels(examples):
     assert {e.meta["steps"] for e in arith} == {1, 2, 3, 4}
     assert {e.meta["kind"] for e in examples[("sql", "test")]} == {
         "town", "count_job", "attr", "older", "town_pet", "avg_age"}
+    from vllm_para.tasks import sql_hard
+
+    assert {e.meta["kind"] for e in examples[("sql_hard", "test")]} == set(sql_hard.KINDS)
+    assert sum(e.meta["hops"] == 2 for e in examples[("qa_hard", "test")]) == N // 2
+
+
+def test_qa_hard_two_hop_subject_is_unique_and_has_distractors(examples):
+    from vllm_para.tasks.passages import FACT_KINDS
+
+    for e in examples[("qa_hard", "test")]:
+        passage = e.prompt.split("\n")[0]
+        assert passage.count(".") >= 12  # 4-5 people x 3 facts
+        assert f" {e.meta['answer']}" in passage.replace(".", " ")
+    assert set(e.meta["kind"] for e in examples[("qa_hard", "test")]) == set(FACT_KINDS)
 
 
 def test_arith_solutions_are_right(examples):

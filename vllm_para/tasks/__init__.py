@@ -18,15 +18,18 @@ from .base import Task, TaskExample, read_jsonl, write_jsonl
 from .world import SPLITS
 
 TASK_NAMES: tuple[str, ...] = ("qa", "boolq", "copa", "arith", "sql")
+# harder variants for a real base (the study's default there): distractors and two hops; joins and aggregates
+HARD_TASK_NAMES: tuple[str, ...] = ("qa_hard", "boolq", "copa", "arith", "sql_hard")
 
 
 def get_task(name: str) -> Task:
-    from . import arith, boolq, copa, profile, qa, sql
+    from . import arith, boolq, copa, profile, qa, qa_hard, sql, sql_hard
 
     tasks = {"qa": qa.TASK, "boolq": boolq.TASK, "copa": copa.TASK, "arith": arith.TASK, "sql": sql.TASK,
+             "qa_hard": qa_hard.TASK, "sql_hard": sql_hard.TASK,
              "profile": profile.TASK}  # profile: the demo's JSON task, not one of the study's five
     if name not in tasks:
-        raise ValueError(f"unknown task {name!r}; expected one of {TASK_NAMES}")
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(tasks)}")
     return tasks[name]
 
 
@@ -34,4 +37,5 @@ def all_tasks() -> list[Task]:
     return [get_task(n) for n in TASK_NAMES]
 
 
-__all__ = ["SPLITS", "TASK_NAMES", "Task", "TaskExample", "all_tasks", "get_task", "read_jsonl", "write_jsonl"]
+__all__ = ["HARD_TASK_NAMES", "SPLITS", "TASK_NAMES", "Task", "TaskExample", "all_tasks", "get_task", "read_jsonl",
+           "write_jsonl"]

@@ -159,6 +159,11 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
                      "are constant (the static control; served as an adapter with W_up = 0 and b_up = those "
                      "vectors, exactly equivalent).\n")
 
+    # ---- low-data axis
+    low = _cells(rows, group="low_data")
+    if low:
+        L += _low_data_section(low, cells, cfg, tasks, params, engines, plots)
+
     # ---- generation length
     L += _generation_length(rows, jobs, chosen, data, preds, plots)
 
@@ -306,6 +311,53 @@ def _r_plot(cells, labels, tasks, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _low_data_section(low, cells, cfg, tasks, params, engines, plots) -> list[str]:
+    """Accuracy against the number of training examples (same steps; the rate chosen at n_train, seed 0)."""
+    sizes = sorted(cfg.low_data) + [cfg.n_train]
+    methods = [m for m in cfg.low_data_methods if any((m, t) in cells for t in tasks)]
+    merged = dict(low)
+    labels = ["base"] if any(("base", t) in cells for t in tasks) else []
+    for m in methods:
+        for n in sizes:
+            lab = m if n == cfg.n_train else f"{m}[n={n}]"
+            if lab == m:
+                merged.update({(m, t): cells[(m, t)][:1] for t in tasks if (m, t) in cells})  # seed 0, like the rest
+            labels.append(lab)
+    merged.update({k: v for k, v in cells.items() if k[0] == "base"})
+    L = ["## Low-data axis (test, seed 0)\n",
+         f"Each method trained on the first 16 / 64 / ... of the {cfg.n_train} training examples, same "
+         f"{cfg.steps} steps of batch {cfg.batch_size} (so more epochs on fewer examples), the learning rate chosen "
+         f"at n = {cfg.n_train}. The unmarked row is n = {cfg.n_train}.\n"]
+    L += _table(merged, labels, tasks, params, engines)
+    L.append("")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for m in methods:
+        pts = []
+        for n in sizes:
+            lab = m if n == cfg.n_train else f"{m}[n={n}]"
+            vals = [merged[(lab, t)][0] for t in tasks if (lab, t) in merged]
+            if len(vals) == len(tasks):
+                pts.append((n, 100 * statistics.mean(vals)))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=NAMES.get(m, m))
+    base = [cells[("base", t)][0] for t in tasks if ("base", t) in cells]
+    if len(base) == len(tasks):
+        ax.axhline(100 * statistics.mean(base), color="gray", linestyle="--", label="base model")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(n) for n in sizes])
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(f"mean test metric over {len(tasks)} tasks (%)")
+    ax.set_title("Low-data axis")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(plots / "low_data.png", dpi=110)
+    plt.close(fig)
+    L.append("![low-data](plots/low_data.png)\n")
+    return L
 
 
 _EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")

@@ -77,12 +77,25 @@ class _GuardedConnection(sqlite3.Connection):
         return super().execute(*args, **kwargs)
 
 
+REGIONS = ("north", "south", "east", "west", "coast", "hills")
+
+
+@lru_cache(maxsize=None)
+def town_rows() -> tuple[tuple[str, str, int], ...]:
+    """The `towns` table (used by `sql_hard`): every town of every split, a region and a founding year."""
+    rng = random.Random("sql-db/towns")
+    return tuple((town, rng.choice(REGIONS), rng.randint(1200, 1900))
+                 for split in SPLITS for town in pools(split)["towns"])
+
+
 def database() -> sqlite3.Connection:
-    """A fresh in-memory database with the `people` table; read-only (PRAGMA query_only),
+    """A fresh in-memory database with the `people` and `towns` tables; read-only (PRAGMA query_only),
     runaway statements (e.g. huge cross joins) are aborted."""
     conn = sqlite3.connect(":memory:", factory=_GuardedConnection, check_same_thread=False)
     conn.execute("CREATE TABLE people (name TEXT, town TEXT, job TEXT, age INTEGER, pet TEXT)")
     conn.executemany("INSERT INTO people VALUES (?, ?, ?, ?, ?)", rows())
+    conn.execute("CREATE TABLE towns (town TEXT, region TEXT, founded INTEGER)")
+    conn.executemany("INSERT INTO towns VALUES (?, ?, ?)", town_rows())
     conn.commit()
     conn.execute("PRAGMA query_only = ON")
     return conn

@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import TASK_NAMES, get_task, write_jsonl
+from . import HARD_TASK_NAMES, TASK_NAMES, get_task, write_jsonl
 from .base import TaskExample
 from .pretrain import cache_dir, ensure_base_model
 
@@ -92,8 +92,13 @@ class StudyConfig:
     workers: int = 2  # adapters trained in parallel, one CPU thread each
     seed_methods: tuple[str, ...] | None = None  # methods that get the extra seeds (None: all)
     multi_lrs: int | None = None  # how many of the grid's rates the multi-task adapters try (None: all)
+    multi_seeds: bool = True  # the multi-task adapters get the extra seeds too
     bf16: bool = False  # train under bf16 autocast (the VG and the loss stay float32)
     enforce_eager: bool = False  # vLLM engines without compilation (a real base compiles for minutes on CPU)
+    # the low-data axis: these methods are trained again on the first N training examples (same steps,
+    # the rate chosen at n_train, seed 0); the n_train adapters are the axis' last point
+    low_data: tuple[int, ...] = ()
+    low_data_methods: tuple[str, ...] = ("para", "lora_matched")
 
 
 REAL_BASE_LR_GRID = {  # PARA at 5e-3 diverged on SmolLM2-135M; 1e-3 trains
@@ -105,19 +110,21 @@ REAL_BASE_LR_GRID = {  # PARA at 5e-3 diverged on SmolLM2-135M; 1e-3 trains
 PRESETS: dict[str, StudyConfig] = {
     # at most ~10 minutes on the real base: PARA (one rate, one seed) per task vs the base model
     "quick": StudyConfig(
-        n_train=256, n_val=0, n_test=50, steps=15, batch_size=8, methods=("para",), lr_grid={"para": (2e-3,)},
+        tasks=HARD_TASK_NAMES, n_train=256, n_val=0, n_test=50, steps=15, batch_size=8, methods=("para",),
+        lr_grid={"para": (2e-3,)},
         seeds=(0,), multitask=False, ablations=(), reference_prompts=8, vector_prompts=0, bf16=True,
         enforce_eager=True,
     ),
-    "core": StudyConfig(seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256, lr_grid=REAL_BASE_LR_GRID,
-                        bf16=True, enforce_eager=True),
+    "core": StudyConfig(tasks=HARD_TASK_NAMES, seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256,
+                        lr_grid=REAL_BASE_LR_GRID, bf16=True, enforce_eager=True),
     # Budgeted to ~100 minutes on 2 cores (`python -m vllm_para.tasks.budget`: every method ~2.1 s per bf16
     # step of batch 8, ~3.4 s in float32): 20 steps per per-task adapter, 60 per multi-task one; 2 rates for
     # every method on seed 0 (multi-task: the lower rate only); seeds 1-2 for PARA and matched LoRA only;
     # ablations on arith and sql, seed 0. About 2,300 training steps (~82 min) plus the served evaluations.
-    "full": StudyConfig(steps=20, multi_steps=60, batch_size=8, n_train=256, n_val=50, n_test=100,
-                        lr_grid=REAL_BASE_LR_GRID, seed_methods=("para", "lora_matched"), multi_lrs=1,
-                        bf16=True, enforce_eager=True),
+    "full": StudyConfig(tasks=HARD_TASK_NAMES, steps=20, multi_steps=60, batch_size=8, n_train=256, n_val=50,
+                        n_test=100, lr_grid=REAL_BASE_LR_GRID, seed_methods=("para", "lora_matched"), multi_lrs=1,
+                        multi_seeds=False, ablation_tasks=("arith", "sql_hard"), low_data=(16, 64), bf16=True,
+                        enforce_eager=True),
     # the 1.3M-parameter synthetic base (vllm_para.tasks.pretrain), as before
     "quick-synthetic": StudyConfig(
         recipe="default", n_train=1000, n_val=0, n_test=60, steps=150, methods=("para",),
@@ -173,7 +180,13 @@ def grid_jobs(cfg: StudyConfig) -> list[Job]:
 def phase_b_jobs(cfg: StudyConfig, chosen: dict[tuple[str, str], float]) -> list[Job]:
     scopes = list(cfg.tasks) + ([MULTI] if cfg.multitask else [])
     seeded = [m for m in cfg.methods if cfg.seed_methods is None or m in cfg.seed_methods]
-    jobs = [Job(m, t, chosen[(m, t)], s, _spec(METHODS[m])) for m in seeded for t in scopes for s in cfg.seeds[1:]]
+    seeded_scopes = scopes if cfg.multi_seeds else list(cfg.tasks)
+    jobs = [Job(m, t, chosen[(m, t)], s, _spec(METHODS[m])) for m in seeded for t in seeded_scopes
+            for s in cfg.seeds[1:]]
+    for m in cfg.low_data_methods if cfg.low_data else ():
+        if m in cfg.methods:
+            jobs += [Job(f"{m}[n={n}]", t, chosen[(m, t)], cfg.seeds[0], _spec({**METHODS[m], "n_train": n}),
+                         "low_data") for n in cfg.low_data for t in cfg.tasks]
     if "para" in cfg.methods:
         for group in cfg.ablations:
             for label, overrides in ABLATIONS[group].items():
@@ -195,6 +208,9 @@ class Data:
             for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
                 self.examples[(t, split)] = task.generate(split, n, seed=cfg.data_seed) if n else []
         self.paths = {t: write_jsonl(self.examples[(t, "train")], self.dir / f"{t}.train.jsonl") for t in cfg.tasks}
+        for n in cfg.low_data:  # the first n training examples
+            for t in cfg.tasks:
+                self.paths[(t, n)] = write_jsonl(self.examples[(t, "train")][:n], self.dir / f"{t}.train-{n}.jsonl")
         if cfg.multitask:
             mixed = [e for t in cfg.tasks for e in self.examples[(t, "train")]]
             random.Random(cfg.data_seed).shuffle(mixed)
@@ -247,7 +263,8 @@ def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, lo
     pooling = args.get("pooling", "last")
     first = pooling == "first"
     kw = dict(
-        base_model=str(base), data=data.paths[job.task], output=out / "trained" if first else out,
+        base_model=str(base), data=data.paths[(job.task, args["n_train"]) if "n_train" in args else job.task],
+        output=out / "trained" if first else out,
         method=args["method"], lr=job.lr, max_steps=steps, batch_size=cfg.batch_size, seed=job.seed,
         lr_scheduler_type="cosine", warmup_ratio=0.05, save_steps=0, logging_steps=max(1, steps // 6),
         device="cpu", progress=False, max_length=256, bf16=cfg.bf16,
