@@ -24,14 +24,14 @@ bench: venv
 soak: venv  ## bounded reliability run of one real `vllm serve --enable-para` (<= 30 min, not CI): 5,000 requests, 200 first-use adapters over a host cache of 16, admin load/unload, disconnects, 5% hostile; report in benchmarks/results/soak-*/; quick: make soak SOAK_ARGS="--requests 300 --duration-limit 180"
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
-# --- Do adapters help? (vllm_para.tasks): pretrained base, five tasks, adapters evaluated through vLLM
+# --- Do adapters help? (study): pretrained base, five tasks, adapters evaluated through vLLM
 .PHONY: pretrain eval-small reproduce-quick reproduce test-study
 
 pretrain: venv  ## the synthetic 1.3M-parameter base of --preset quick-synthetic / full-synthetic (~/.cache/vllm-para/base-default-*)
-	$(PY) -m vllm_para.tasks.pretrain
+	$(PY) -m study.pretrain
 
 eval-small: venv  ## <= 10 min on the real base (SmolLM2-135M): PARA per task vs the base model, served by vLLM
-	$(PY) -m vllm_para.tasks.study --preset quick --run-id $(or $(RUN_ID),quick-$(shell date +%Y%m%d-%H%M%S))
+	$(PY) -m study.run --preset quick --run-id $(or $(RUN_ID),quick-$(shell date +%Y%m%d-%H%M%S))
 
 reproduce-quick: eval-small
 
@@ -39,7 +39,7 @@ test-study: venv  ## the end-to-end study test (not in `make test`; ~10 min)
 	VLLM_PARA_STUDY_TESTS=1 $(PY) -m pytest -q -rs tests/test_study.py
 
 reproduce: venv  ## the whole study (methods x tasks x seeds, LR grid, ablations): make reproduce STUDY_ARGS="--set seeds=[0]"
-	$(PY) -m vllm_para.tasks.study --preset full --run-id $(or $(RUN_ID),full-$(shell date +%Y%m%d-%H%M%S)) $(STUDY_ARGS)
+	$(PY) -m study.run --preset full --run-id $(or $(RUN_ID),full-$(shell date +%Y%m%d-%H%M%S)) $(STUDY_ARGS)
 
 test-ray: venv  ## Ray TP=2 with PARA adapters (skips without ray, or where vLLM's build refuses Ray)
 	$(PY) -m pytest -q -rs tests/test_ray.py

@@ -38,7 +38,7 @@ def build_full_model(prefix: str, num_adapters: int, model: str = "random", kind
     spec = ad.real_spec(model) if model != "random" else MODES["full"].model
     base = ad.build_base(spec, work / "base")
     if kind == "ia3":
-        from vllm_para.testing.tiny_models import build_random_ia3_adapter
+        from testkit.tiny_models import build_random_ia3_adapter
 
         paths = {f"ia3-{i:02d}": work / "ia3" / f"ia3-{i:02d}" for i in range(num_adapters)}
         for i, path in enumerate(paths.values()):

@@ -226,7 +226,7 @@ def _passthrough(args) -> list[str]:
 def build(workdir: Path, args, systems) -> None:
     """The base model and every system's adapters, built once before any engine starts."""
     from loadtests import adapters as ad
-    from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
+    from testkit.tiny_models import build_random_adapter, build_tiny_model
 
     model = build_tiny_model(workdir / "model", hidden_size=args.hidden, intermediate_size=args.intermediate,
                              num_hidden_layers=args.layers, num_attention_heads=args.heads,

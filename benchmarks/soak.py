@@ -83,7 +83,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the hostile suite's case lists and co
 import hostile_cases as hc  # noqa: E402
 from adapter_corruptions import generate_corruptions  # noqa: E402
 
-from vllm_para.testing.tiny_models import VOCAB_WORDS as WORDS  # noqa: E402  (the tokenizer's words: ~1 token each)
+from testkit.tiny_models import VOCAB_WORDS as WORDS  # noqa: E402  (the tokenizer's words: ~1 token each)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGES_METRIC = "vllm_para:side_buffer_pages_in_use"
@@ -102,7 +102,7 @@ HOSTILE_TIMEOUT = 120.0
 
 def build_assets(work: Path, n_dir: int) -> tuple[Path, dict[str, str], Path, list]:
     """The tiny base model, the start-up adapters, DIR with `n_dir` adapters, the corrupt directories."""
-    from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
+    from testkit.tiny_models import build_random_adapter, build_tiny_model
 
     model = build_tiny_model(work / "model", arch="llama")
     static = {name: str(build_random_adapter(model, work / "static" / name, r=12, seed=10 + i,
@@ -803,7 +803,7 @@ def main() -> int:
     args = parser.parse_args()
     warmup = min(args.warmup, args.requests // 2)
 
-    from vllm_para.testing.serve_process import VLLMServer
+    from testkit.serve_process import VLLMServer
 
     started = datetime.now()
     run_id = f"soak-{started:%Y%m%d-%H%M%S}"

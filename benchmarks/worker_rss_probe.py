@@ -38,8 +38,8 @@ def main() -> int:
 
     import psutil
 
-    from vllm_para.testing.tiny_models import VOCAB_WORDS as WORDS
-    from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
+    from testkit.tiny_models import VOCAB_WORDS as WORDS
+    from testkit.tiny_models import build_random_adapter, build_tiny_model
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rss-probe-"))
     model = work / "model"

@@ -34,7 +34,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vllm_para.tasks import get_task  # noqa: E402
+from study import get_task  # noqa: E402
 
 TASKS = ("profile", "sql", "qa")
 N_TRAIN = 400
@@ -97,7 +97,7 @@ def ask(url: str, model: str, prompt: str, max_tokens: int) -> str:
 
 
 def serve_and_compare(base: Path, adapters: dict[str, Path], workdir: Path, timer: Timer) -> dict:
-    from vllm_para.testing.serve_process import VLLMServer
+    from testkit.serve_process import VLLMServer
 
     test = {name: get_task(name).generate("test", N_SCORE) for name in TASKS}
     args = ["--enable-para", "--para-modules", *[f"{n}={p}" for n, p in adapters.items()],

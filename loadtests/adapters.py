@@ -1,6 +1,6 @@
 """Build the base model and the adapters the load test serves (all local, seeded).
 
-* the base: a random-weight Llama-shaped checkpoint (vllm_para.testing.tiny_models);
+* the base: a random-weight Llama-shaped checkpoint (testkit.tiny_models);
 * PARA adapters: the trainer's init plus a random perturbation;
 * LoRA adapters (peft format) with seeded random non-zero A and B, at the rank whose
   trainable parameter count is closest to PARA's ("matched") or at rank 16 on
@@ -76,7 +76,7 @@ def real_spec(name: str) -> ModelSpec:
 
 def build_base(spec: ModelSpec, directory: Path) -> Path:
     """The base model of a run: the cached real one, or random weights of `spec`'s shape in `directory`."""
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
 
     if spec.real:
         from vllm_para.base_model import ensure_base
@@ -100,7 +100,7 @@ def para_param_count(base: Path, r: int = PARA_R, targets: tuple[str, ...] = PAR
 
 
 def build_para_adapters(base: Path, directory: Path, n: int, seed: int = 0) -> dict[str, str]:
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     return {f"para-{i}": str(build_random_adapter(base, directory / f"para-{i}", r=PARA_R, targets=PARA_TARGETS,
                                                   pooling="last", seed=seed * 1000 + i))
@@ -134,7 +134,7 @@ def build_lora_adapters(base: Path, directory: Path, prefix: str, n: int, r: int
 
 def build_para_fleet(base: Path, directory: Path, names: list[str], seed: int = 0) -> dict[str, str]:
     """PARA adapters `directory/<name>/` (r=12 on q,v,up), one seeded random adapter per name."""
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     return {name: str(build_random_adapter(base, directory / name, r=PARA_R, targets=PARA_TARGETS, pooling="last",
                                            seed=seed * 100_003 + i))

@@ -36,7 +36,7 @@ from . import process_cpu as PC
 from . import protocol as P
 from .locust_runner import LoadSpec, run_locust, summarize
 from .report import write_plots, write_ratios, write_report, write_rounds, write_summary
-from vllm_para.testing.serve_process import VLLMServer
+from testkit.serve_process import VLLMServer
 from .traffic import DISTRIBUTIONS
 
 SYSTEMS = ("base", "para", "lora-matched", "lora16")

@@ -62,7 +62,7 @@ from . import adapters as ad
 from . import protocol as P
 from .compare import BASE_NAME, FLEET_SYSTEMS, MODES, engine_flags, phase_seed
 from .locust_runner import LoadSpec, percentile, run_locust, summarize
-from vllm_para.testing.serve_process import VLLMServer
+from testkit.serve_process import VLLMServer
 
 TENANT = "tenant-{:04d}"
 WARMUP_ADAPTER = "warmup"  # in both adapter directories; never named by the measured traffic

@@ -162,7 +162,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     import tempfile
 
-    from vllm_para.testing.serve_process import VLLMServer
+    from testkit.serve_process import VLLMServer
 
     args = parse_args(argv)
     run_id = args.run_id or f"mixed-itl-{args.mode}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"

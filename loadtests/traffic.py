@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from vllm_para.testing.tiny_models import VOCAB_WORDS as WORDS  # the tokenizer's training words: ~1 token each
+from testkit.tiny_models import VOCAB_WORDS as WORDS  # the tokenizer's training words: ~1 token each
 
 DISTRIBUTIONS = ("uniform", "zipf")
 

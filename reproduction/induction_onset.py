@@ -1,5 +1,5 @@
 """Does a small-batch base ever learn to copy? Pretrain a recipe and run the repeat probe
-(`vllm_para.tasks.pretrain.repeat_probe`) every `--every` updates.
+(`study.pretrain.repeat_probe`) every `--every` updates.
 
     .venv/bin/python reproduction/induction_onset.py --layers 2 --batch 2 --steps 90000 --every 10000
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vllm_para.tasks.pretrain import RECIPES, pretrain, repeat_lists, repeat_probe  # noqa: E402
+from study.pretrain import RECIPES, pretrain, repeat_lists, repeat_probe  # noqa: E402
 
 
 def repeated_bigram_nll(path: Path, documents: list[str], max_len: int = 128) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--nll", type=Path, nargs="+", default=None, help="built bases to compare (no training)")
     args = p.parse_args(argv)
     if args.nll:
-        from vllm_para.tasks.corpus import sample_documents
+        from study.corpus import sample_documents
 
         docs = sample_documents(300, seed=999)[:150]  # seed 999: not the pretraining corpus's draw
         for path in args.nll:

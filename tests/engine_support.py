@@ -26,7 +26,7 @@ ENGINE_KWARGS = dict(dtype="float32", gpu_memory_utilization=0.2, max_model_len=
 
 
 def build_adapters(base_model: Path, directory: Path) -> dict[str, str]:
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     paths = {}
     for i, (name, (targets, pooling, r)) in enumerate(ADAPTER_SPECS.items()):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from vllm_para.testing.serve_process import VLLMServer, vllm_command  # noqa: F401  (re-exported for the tests)
+from testkit.serve_process import VLLMServer, vllm_command  # noqa: F401  (re-exported for the tests)
 
 
 class Server(VLLMServer):

@@ -26,7 +26,7 @@ from adapter_corruptions import (
 
 from vllm_para.adapter import PARAAdapterError, load_adapter
 from vllm_para.config import ModelShape, PARAConfigError
-from vllm_para.testing.tiny_models import build_random_adapter
+from testkit.tiny_models import build_random_adapter
 
 PER_CASE_S = 5.0
 MAX_RSS_GROWTH_MB = 512

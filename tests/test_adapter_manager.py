@@ -1,4 +1,4 @@
-"""The API server's adapter lifecycle (server/adapter_manager.py) against a
+"""The API server's adapter lifecycle (api/adapter_manager.py) against a
 stand-in engine client that records worker calls: all-or-nothing loads with
 rollback, unloads that wait for in-flight requests, single-flight first use,
 and LRU eviction that spares adapters in use. (Real-server behaviour:
@@ -30,25 +30,25 @@ def setup(tiny_llama, tmp_path):
     from transformers import AutoConfig
 
     from vllm_para.config import ModelShape
-    from vllm_para.engine.registry import AdapterRegistry
-    from vllm_para.engine.frontend.admission import FrontendState
-    from vllm_para.engine.frontend.settings import PARASettings
-    from vllm_para.server.adapter_manager import AdapterManager
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from vllm_para.common.catalog import AdapterCatalog
+    from vllm_para.api.admission import FrontendState
+    from vllm_para.common.settings import PARASettings
+    from vllm_para.api.adapter_manager import AdapterManager
+    from testkit.tiny_models import build_random_adapter
 
     root = tmp_path / "dir"
     for i in range(5):
         build_random_adapter(tiny_llama, root / f"t{i}", r=4, seed=i)
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(tiny_llama)))
     settings = PARASettings(adapter_dir=str(root), max_cpu_adapters=2)
-    state = FrontendState(settings, AdapterRegistry(shape, max_rank=8))
+    state = FrontendState(settings, AdapterCatalog(shape, max_rank=8))
     state.track_inflight = True
     workers = Workers()
     return state, workers, AdapterManager(state, workers), root
 
 
 def test_failed_worker_load_rolls_back_and_publishes_nothing(setup):
-    from vllm_para.server.adapter_manager import AdapterLoadError
+    from vllm_para.api.adapter_manager import AdapterLoadError
 
     state, workers, manager, root = setup
     workers.fail_add = True

@@ -7,8 +7,8 @@ import argparse
 
 import pytest
 
-from vllm_para.engine.frontend.settings import PARASettings, PARASettingsError
-from vllm_para.server.cli_args import VALUE_FLAGS, add_para_args, fold_para_args
+from vllm_para.common.settings import PARASettings, PARASettingsError
+from vllm_para.api.cli_args import VALUE_FLAGS, add_para_args, fold_para_args
 
 
 class _EngineArgs:

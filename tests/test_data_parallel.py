@@ -40,7 +40,7 @@ RUNTIME = "VLLM_ALLOW_RUNTIME_PARA_UPDATING"
 @pytest.fixture(scope="module")
 def dp_adapters(tiny_llama, tmp_path_factory):
     """`sql` (start-up), `rt` (admin load, outside the directory) and d0..d3 in the first-use directory."""
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     root = tmp_path_factory.mktemp("dp_adapters")
     paths = {"sql": build_random_adapter(tiny_llama, root / "sql", r=8, seed=71),

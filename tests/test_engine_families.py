@@ -38,7 +38,7 @@ MAX_TOKENS = 10
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory):
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
     adapters = build_adapters(model, tmp_path_factory.mktemp(f"{request.param}_adapters"))

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import vllm_para.engine.worker.graph_guard as guard
+import vllm_para.worker.graph_guard as guard
 from vllm_para.hooks import HOOKS, install_hooks
 from vllm_para.patching import is_wrapped
 

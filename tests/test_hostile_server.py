@@ -43,7 +43,7 @@ HOST_CACHE = 4  # --max-cpu-para-adapters
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_llama, tmp_path_factory):
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     root = tmp_path_factory.mktemp("adapter_dir")
     for i in range(DIR_ADAPTERS):
@@ -172,7 +172,7 @@ def _unload(server, name):
 
 
 def test_runtime_load_rank_above_max_refused(server, fixed_output, tiny_llama, tmp_path):
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "big", r=32)
     _refused(_load(server, "big", tmp_path / "big"), 400, "r=32 > max_rank=16", "--max-para-rank")
@@ -475,7 +475,7 @@ def test_ia3_adapters_by_first_use_and_admin_load(server, fixed_output, tiny_lla
     own tokens; a module PARA cannot express is a 400 naming it, on both paths."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+    from testkit.tiny_models import build_random_ia3_adapter
 
     ids = token_prompts(tiny_llama, [PROMPTS[3]])[0]
     first_use = build_random_ia3_adapter(tiny_llama, adapter_dir / "ia3dir", seed=11)  # PEFT's Llama defaults

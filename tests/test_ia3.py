@@ -33,14 +33,14 @@ ATOL = 1e-5
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("ia3_llama3"), arch="llama3")
 
 
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("ia3_qwen2"), arch="qwen2")
 
@@ -58,7 +58,7 @@ def _shape(path) -> ModelShape:
 
 
 def make_ia3(base_path, directory, seed=0, **config):
-    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+    from testkit.tiny_models import build_random_ia3_adapter
 
     return build_random_ia3_adapter(base_path, directory, seed=seed, **config)
 
@@ -176,7 +176,7 @@ def test_saved_and_expanded_forms_are_the_same_adapter(llama, tmp_path):
 def test_mixed_batch_equals_each_alone_and_peft(llama, tmp_path):
     from peft import PeftModel
 
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     shape = _shape(llama)
     make_ia3(llama, tmp_path / "a", seed=11)  # k, v, down (ff)
@@ -453,7 +453,7 @@ def test_files(tmp_path):
 
 
 def test_kind_detection(tmp_path, llama):
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     para = build_random_adapter(llama, tmp_path / "para")
     assert adapter_kind(para) == "para" and not is_ia3_dir(para)

@@ -29,7 +29,7 @@ PARA_SPECS = {"para_qvu": (("q", "v", "u"), "last", 8), "para_kg_mean": (("k", "
 
 @pytest.mark.parametrize("arch", ["llama3", "qwen2"])
 def test_ia3_and_para_mixed_batch_exact(arch, tmp_path):
-    from vllm_para.testing.tiny_models import build_random_adapter, build_random_ia3_adapter, build_tiny_model
+    from testkit.tiny_models import build_random_adapter, build_random_ia3_adapter, build_tiny_model
     from vllm_para.training.reference import PARAReferenceModel
 
     model = build_tiny_model(tmp_path / "base", arch=arch)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from vllm_para.engine.worker.layers import (
+from vllm_para.worker.layers import (
     ResidualTap, ScaledProjection, WRAPPED, local_layers, missing_modules, wrap_layers,
 )
-from vllm_para.engine.worker.vector_pages import VectorPages
+from vllm_para.worker.vector_pages import VectorPages
 
 
 class Norm(nn.Module):
@@ -116,8 +116,8 @@ def test_pipeline_rank_holds_only_its_layers_weights():
     """Host weights and slots of a pipeline rank cover its own layers only."""
     from vllm_para.config import PARAConfig
     from vllm_para.core import init_vg_weights
-    from vllm_para.engine.worker.runtime import host_weights_preparer
-    from vllm_para.engine.worker.tp_layout import RankLayout
+    from vllm_para.worker.runtime import host_weights_preparer
+    from vllm_para.worker.tp_layout import RankLayout
 
     config = PARAConfig(base_model_name_or_path="x", num_hidden_layers=4, hidden_size=8, q_size=8, kv_size=4,
                         intermediate_size=16, r=2, targets=("q", "v", "u"))

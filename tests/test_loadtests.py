@@ -201,7 +201,7 @@ def test_fleet_ia3_kind(tmp_path):
     from loadtests.compare import parse_args
     from loadtests.fleet import FleetPlan
     from vllm_para.adapter import read_adapter_files
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
 
     assert FleetPlan.from_args(parse_args(["--scenario", "fleet", "--adapter-kind", "ia3"])).adapter_kind == "ia3"
     base = build_tiny_model(tmp_path / "base", arch="llama")

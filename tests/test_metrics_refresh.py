@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from vllm_para.server import metrics as M
+from vllm_para.api import metrics as M
 
 STATS = {"pages_in_use": 3, "pages_capacity": 64, "buffer_bytes": 10, "adapter_host_bytes": 20,
          "adapters_in_host_memory": 2, "adapter_device_bytes": 30}

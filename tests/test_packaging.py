@@ -147,11 +147,9 @@ GENERATE_SCRIPT = textwrap.dedent(
 
         import vllm_para
         import vllm_para.plugin
-        from vllm_para.testing.tiny_models import build_random_adapter, build_tiny_model
-
+        # the checkpoint and adapter were written by the test (testkit is not in the wheel)
         work = Path(sys.argv[1])
-        model = build_tiny_model(work / "model", arch="llama")
-        adapter = build_random_adapter(model, work / "adapter", seed=3)
+        model, adapter = work / "model", work / "adapter"
         # enforce_eager: this checks the install, not torch.compile; it halves the start-up on CPU
         llm = LLM(
             model=str(model), dtype="float32", gpu_memory_utilization=0.2, max_model_len=512, max_num_seqs=8,
@@ -261,6 +259,10 @@ def test_wheel_install_generates_with_para_and_serves_help(wheel_venv):
     assert (py.parent / SCRIPT_NAME).exists(), f"the wheel installed no {SCRIPT_NAME} script"
 
     # 2. offline generation: PARA changes the output, the base request does not need it
+    from testkit.tiny_models import build_random_adapter, build_tiny_model
+
+    model = build_tiny_model(work / "model", arch="llama")
+    build_random_adapter(model, work / "adapter", seed=3)
     script = work / "generate.py"
     script.write_text(GENERATE_SCRIPT)
     t = time.monotonic()

@@ -55,7 +55,7 @@ FLOOR, FACTOR = 1e-4, 3.0
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory):
     from vllm_para.base_model import ensure_base
-    from vllm_para.testing.tiny_models import build_random_adapter, build_random_ia3_adapter
+    from testkit.tiny_models import build_random_adapter, build_random_ia3_adapter
 
     base = ensure_base()
     directory = tmp_path_factory.mktemp("real_adapters")

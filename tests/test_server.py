@@ -20,7 +20,7 @@ MAX_TOKENS = 10
 @pytest.fixture(scope="module")
 def ia3_adapter(tiny_llama, tmp_path_factory):
     """A PEFT (IA)^3 adapter (PEFT's default Llama targets), served beside the PARA ones."""
-    from vllm_para.testing.tiny_models import build_random_ia3_adapter
+    from testkit.tiny_models import build_random_ia3_adapter
 
     directory = tmp_path_factory.mktemp("ia3") / "ia3"
     return directory, build_random_ia3_adapter(tiny_llama, directory, seed=3)
@@ -214,7 +214,7 @@ def test_client_disconnect_frees_page(server):
     for MIN_REFRESH_SECONDS): the stream asks for as many tokens as the context allows, is read
     slowly, and its first scrape comes after that window, so it reads the workers while the
     request runs."""
-    from vllm_para.server.metrics import MIN_REFRESH_SECONDS
+    from vllm_para.api.metrics import MIN_REFRESH_SECONDS
 
     pages = "vllm_para:side_buffer_pages_in_use"
     assert _wait_metric(server, pages, 0.0)  # nothing left over from earlier tests

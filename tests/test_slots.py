@@ -16,16 +16,16 @@ def registry(tiny_llama, tmp_path):
     from transformers import AutoConfig
 
     from vllm_para.config import ModelShape
-    from vllm_para.engine.registry import AdapterRegistry
-    from vllm_para.engine.worker.runtime import host_weights_preparer
-    from vllm_para.engine.worker.tp_layout import RankLayout
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from vllm_para.worker.host_store import HostStore
+    from vllm_para.worker.runtime import host_weights_preparer
+    from vllm_para.worker.tp_layout import RankLayout
+    from testkit.tiny_models import build_random_adapter
 
     shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(tiny_llama)))
     layout = RankLayout.build(shape, 64, 0, 1)
     for i, name in enumerate("abc"):
         build_random_adapter(tiny_llama, tmp_path / name, r=4 + i, seed=i)
-    reg = AdapterRegistry(shape, max_rank=8, prepare_weights=host_weights_preparer(layout, (0, 2), pin=False))
+    reg = HostStore(shape, max_rank=8, prepare_weights=host_weights_preparer(layout, (0, 2), pin=False))
     for name in "abc":
         reg.add(name, str(tmp_path / name))
     reg.layout = layout
@@ -33,7 +33,7 @@ def registry(tiny_llama, tmp_path):
 
 
 def _slots(registry, n=2):
-    from vllm_para.engine.worker.slots import AdapterSlots
+    from vllm_para.worker.slots import AdapterSlots
 
     return AdapterSlots(registry, n, 8, registry.layout.width, "cpu", num_layers=2)
 
@@ -55,8 +55,8 @@ def test_files_read_once_then_never(registry, tmp_path):
 
 
 def test_rank_above_max_refused_at_registration(registry, tiny_llama, tmp_path):
-    from vllm_para.engine.registry import AdapterRejected
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from vllm_para.common.catalog import AdapterRejected
+    from testkit.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "big", r=16)
     with pytest.raises(AdapterRejected, match="r=16 > max_rank=8"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vllm_para.core import vg_forward
-from vllm_para.engine.worker.slots import SlotWeights
-from vllm_para.engine.worker.step_plan import PromptSplitError, StepPlan, VGGroup, VGRow, plan_tokens
-from vllm_para.engine.worker.vector_pages import UNIT_PAGE, VectorPages
+from vllm_para.worker.slots import SlotWeights
+from vllm_para.worker.step_plan import PromptSplitError, StepPlan, VGGroup, VGRow, plan_tokens
+from vllm_para.worker.vector_pages import UNIT_PAGE, VectorPages
 
 
 def qsl(*counts):
@@ -81,7 +81,7 @@ def _forward_context(side_buffers):
 def test_vg_op_uses_the_side_buffer_and_plan_of_the_running_engine():
     from vllm.forward_context import override_forward_context
 
-    from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY
+    from vllm_para.worker.ops import SIDE_BUFFER_KEY
 
     engines = [_engine_state(seed) for seed in (1, 2)]
     residual = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
@@ -114,7 +114,7 @@ def test_vg_op_groups_share_one_gather_and_one_write():
     from vllm.forward_context import override_forward_context
 
     from vllm_para.core import pool_mean
-    from vllm_para.engine.worker.ops import SIDE_BUFFER_KEY
+    from vllm_para.worker.ops import SIDE_BUFFER_KEY
 
     pages, last_w = _engine_state(4)
     _, mean_w = _engine_state(5)
@@ -135,7 +135,7 @@ def test_vg_op_groups_share_one_gather_and_one_write():
 
 def test_no_module_level_step_state():
     """The plan is the engine's (its side buffer's), not a module global."""
-    from vllm_para.engine.worker import ops, runtime, step_plan
+    from vllm_para.worker import ops, runtime, step_plan
 
     for module in (ops, runtime, step_plan):
         for name, value in vars(module).items():
@@ -161,8 +161,8 @@ def test_a_settled_decode_batch_is_not_planned_again():
     """Decode steps with the same batch as a step that ran no VG reuse its token pages: no host work."""
     from types import SimpleNamespace
 
-    from vllm_para.engine.worker.runtime import PARARuntime
-    from vllm_para.engine.worker.vector_pages import VectorPages
+    from vllm_para.worker.runtime import PARARuntime
+    from vllm_para.worker.vector_pages import VectorPages
 
     pages = VectorPages(num_layers=1, num_pages=4, vector_width=8, max_num_tokens=16, dtype=torch.float32,
                         device="cpu")
@@ -200,8 +200,8 @@ def test_step_planner_and_graph_guard_cannot_disagree():
     import random
     from types import SimpleNamespace
 
-    from vllm_para.engine.worker import graph_guard
-    from vllm_para.engine.worker.runtime import PARARuntime
+    from vllm_para.worker import graph_guard
+    from vllm_para.worker.runtime import PARARuntime
 
     layers, width = 2, 6
     bias = {name: torch.full((layers, width), float(k + 2)) for k, name in enumerate(["sql", "qa"])}

@@ -1,4 +1,4 @@
-"""The study runner (vllm_para.tasks.study): job planning, the matched LoRA rank, the
+"""The study runner (study.run): job planning, the matched LoRA rank, the
 first-token (static) PARA export, vector dispersion; and `reproduce-quick` end to end
 (trained adapters served by vLLM beat the untrained base on their tasks)."""
 
@@ -11,14 +11,14 @@ import os
 import pytest
 import torch
 
-from vllm_para.tasks import HARD_TASK_NAMES, TASK_NAMES, get_task, write_jsonl
-from vllm_para.tasks import study
+from study import HARD_TASK_NAMES, TASK_NAMES, get_task, write_jsonl
+from study import run as study
 
 
 @pytest.fixture(scope="module")
 def micro_base(tmp_path_factory):
     """A few-step pretrained base (not fluent; its tokenizer adds BOS like the real one)."""
-    from vllm_para.tasks import pretrain
+    from study import pretrain
 
     recipe = dict(pretrain.RECIPES["quick"], steps=2, documents=200, tokenizer_documents=200, vocab_size=400,
                   batch_size=4)

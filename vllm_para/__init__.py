@@ -2,6 +2,8 @@
 
 Importing this package does not import vLLM; the PARA core and the reference
 run with torch + transformers alone.
+
+Runs in: every process that imports vllm-para (it imports nothing heavy).
 """
 
 from .adapter import PARAAdapter, PARAAdapterError, load_adapter
@@ -13,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # `vllm_para.beam_search` needs vLLM; import it only when asked for.
     if name == "beam_search":
-        from vllm_para.engine.frontend.beam_search import beam_search
+        from vllm_para.api.offline_beam_search import beam_search
 
         return beam_search
     raise AttributeError(f"module 'vllm_para' has no attribute {name!r}")

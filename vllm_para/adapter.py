@@ -6,6 +6,8 @@ model's shapes) that the adapter fits the base model. Files are read with
 safetensors only; pickle files are never opened. Symlinks that lead out of the
 adapter directory are refused, and every malformed input (see
 tests/adapter_corruptions.py) ends in a `PARAConfigError` naming the file.
+
+Runs in: the API server (reads and validates adapter files once) and every worker (parses the bytes it is sent).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ a `vllm-para-base.json` manifest (source package, version, sha256, license,
 every written file's size). A second call finds the manifest and returns at once.
 Nothing is downloaded: the package must be installed (`make venv` does it).
 
-Runs in whatever process calls it (the CLI, the demo, the tests), never in a
-server.
+Runs in: whatever process calls it (the CLI, the demo, the tests), never in a server.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`vllm-para` command line: `vllm-para train ...`, `vllm-para base [NAME]` (see `--help` of each)."""
+"""`vllm-para` command line: `vllm-para train ...`, `vllm-para base [NAME]` (see `--help` of each).
+
+Runs in: the `vllm-para` command (not a vLLM process).
+"""
 
 from __future__ import annotations
 

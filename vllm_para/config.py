@@ -3,6 +3,8 @@
 The config names the base model it was trained for and that model's shapes, so a
 loader can refuse an adapter built for another base model before touching any
 weights.
+
+Runs in: every process, and the trainer.
 """
 
 from __future__ import annotations

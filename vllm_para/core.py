@@ -9,6 +9,8 @@ Method (per decoder layer, `h` = residual stream entering the layer):
     l = gelu(p @ W_down.T) @ W_up.T + b_up           # float32, exact erf GeLU
     l_q, l_k, l_v, l_g, l_u = split(l, targets)      # fixed order q,k,v,g,u
     Q' = l_q * (x W_q), V' = l_v * (x W_v), U' = l_u * (x W_up), ...
+
+Runs in: workers (the VG op), the transformers reference and the trainer.
 """
 
 from __future__ import annotations

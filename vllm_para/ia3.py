@@ -42,6 +42,8 @@ targets) an adapter does not scale get vectors of ones.
 (`adapter.read_adapter_files`: each file opened once, O_NOFOLLOW | O_NONBLOCK, with a
 deadline; safetensors only, pickle `.bin`/`.pt` files are never opened); serving reads
 the bytes in the API server and `parse_ia3_bytes` converts them in every worker.
+
+Runs in: the API server (reads and converts the files) and every worker (converts the bytes it is sent).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 A wrapper calls the original; wrapping twice (vLLM loads plugins once per
 process, but tests may register again) is a no-op; a missing attribute means
 vLLM moved the code, and fails loudly instead of silently serving without PARA.
+
+Runs in: every process (called by `vllm_para.hooks.install_hooks`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ vLLM calls `register()` in every process it starts (frontend, engine core,
 workers). It checks the vLLM version and installs the few narrow hooks PARA
 needs (the table `vllm_para.hooks.HOOKS`, each checked by tests/test_vllm_hooks.py). Models
 are always vLLM's own classes; with `additional_config["para"]` their decoder
-layers' modules are wrapped after loading (engine/worker/layers.py). Without it every
+layers' modules are wrapped after loading (worker/layers.py). Without it every
 hook is a pass-through.
+
+Runs in: every process vLLM starts.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def check_vllm_version() -> str:
 def _wrap_create_engine_config(original):
     @functools.wraps(original)
     def create_engine_config(self, *args, **kwargs):
-        from vllm_para.engine.frontend.admission import (
+        from vllm_para.api.admission import (
             check_engine_config,
             prepare_engine_args,
             settings_of,
@@ -55,7 +57,7 @@ def _wrap_create_engine_config(original):
 def _wrap_process_inputs(original):
     @functools.wraps(original)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):
-        from vllm_para.engine.frontend.admission import (
+        from vllm_para.api.admission import (
             admit_request,
             check_request_params,
         )
@@ -74,7 +76,7 @@ def _admit_prebuilt(engine, prompt) -> None:
     """vLLM still accepts a ready `EngineCoreRequest` (deprecated): admit it too."""
     from vllm.v1.engine import EngineCoreRequest
 
-    from vllm_para.engine.frontend.admission import admit_request, check_request_params
+    from vllm_para.api.admission import admit_request, check_request_params
 
     if isinstance(prompt, EngineCoreRequest):
         pooled = check_request_params(engine.vllm_config, prompt.sampling_params)

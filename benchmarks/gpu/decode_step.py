@@ -11,7 +11,7 @@ lm_head) on the same weights and inputs; only the adapter work differs:
     base          nothing
     para          per layer: gather each token's [l_q|l_k|l_v] and [l_g|l_u] from the side
                   buffer by its page index (`index_select`) and scale the fused qkv and
-                  gate_up outputs in place (what vllm_para/engine/worker/layers.py does per layer)
+                  gate_up outputs in place (what vllm_para/worker/layers.py does per layer)
     para-1gather  one gather of all layers' vectors per step, then per-layer strided views
     para-compiled (--compile) the per-layer gather+scale as one torch.compile'd (Triton on
                   CUDA) kernel: the vectors are read once, never materialized

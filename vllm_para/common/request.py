@@ -1,20 +1,22 @@
 """PARA's fields of one request: a frozen record with one reader and one writer.
 
-Runs in every process. A PARA request travels through vLLM as plain entries of
+A PARA request travels through vLLM as plain entries of
 `SamplingParams.extra_args` (the only per-request channel vLLM ships from the
 API server through the engine core to the workers):
 
 - `para_adapter`: the adapter's name, the one field a client sends
   (`vllm_xargs` in the OpenAI API, `extra_args` offline);
 - `para_version`, `para_prompt_len`, `para_cache_key`: written by admission
-  (`engine/frontend/admission.py`) only, on a private copy of the params; a
+  (`api/admission.py`) only, on a private copy of the params; a
   client sending any of them gets 400.
 
 Every module that reads these fields once the HTTP layer or admission checked
 them reads them here (`PARARequest.of`), and admission and beam search write
 them here (`PARARequest.written`). Only the checks of what a client sent
-(`engine/frontend/admission.check_extra_args`, `server/openai_models.py`) read
+(`api/admission.check_extra_args`, `api/openai_models.py`) read
 the raw dict: they decide whether those values may become a `PARARequest`.
+
+Runs in: every process (API server, engine core, workers).
 """
 
 from __future__ import annotations

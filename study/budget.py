@@ -1,0 +1,75 @@
+"""Seconds per training step of each study method on a base model, float32 and bf16: the
+study's budget (`python -m study.budget [--base smollm2-135m] [--steps 4]`).
+
+Each (method, dtype) trains `--steps` + 1 steps of batch 8 on the QA task's training split
+through the project's trainer (one warm-up step, not counted) and reports the median of the
+timed steps; the markdown table goes to stdout and, with --out, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .run import METHODS, study_base
+
+
+def step_seconds(base: Path, label: str, bf16: bool, steps: int, work: Path, task: str = "qa") -> float:
+    from transformers import TrainerCallback
+
+    from vllm_para.training.train import TrainArgs, train
+    from . import get_task, write_jsonl
+    from .run import matched_lora_rank
+
+    args = dict(METHODS[label])
+    data = write_jsonl(get_task(task).generate("train", 8 * (steps + 1)), work / f"{task}.jsonl")
+    kw = dict(base_model=str(base), data=data, output=work / f"{label}-{bf16}", method=args["method"],
+              max_steps=steps + 1, batch_size=8, save_steps=0, device="cpu", progress=False, max_length=256,
+              bf16=bf16)
+    if args["method"] == "para":
+        kw.update(r=args["r"], targets=tuple(args["targets"]), pooling=args["pooling"])
+    if args["method"] == "lora":
+        targets = tuple(args["lora_target_modules"])
+        r = matched_lora_rank(base, targets) if args["lora_r"] == "matched" else int(args["lora_r"])
+        kw.update(lora_r=r, lora_alpha=2 * r, lora_target_modules=targets)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    train(TrainArgs(**kw), callbacks=[Clock()])
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default="smollm2-135m")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(2)
+    base = study_base(a.base, log=lambda m: print(m, file=sys.stderr))
+    rows = ["| method | float32 s/step | bf16 s/step |", "|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="vllm-para-budget-") as tmp:
+        for label in a.methods.split(","):
+            cells = [step_seconds(base, label, bf16, a.steps, Path(tmp)) for bf16 in (False, True)]
+            rows.append(f"| {label} | {cells[0]:.2f} | {cells[1]:.2f} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    text = (f"Training step cost on `{a.base}` (batch 8, QA prompts, max length 256, 2 threads; median of "
+            f"{a.steps} steps after one warm-up; {time.strftime('%Y-%m-%d %H:%M')})\n\n" + "\n".join(rows) + "\n")
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""PARA inside vLLM's engine: model wrapping, side buffer, adapter slots, runner and scheduler hooks."""
