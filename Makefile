@@ -19,10 +19,10 @@ test-fast: venv  ## tests that do not start a vLLM engine
 	$(PY) -m pytest -q tests -m "not engine and not server"
 
 bench: venv
-	$(PY) benchmarks/offline_throughput.py
+	$(PY) bench/offline_throughput.py
 
-soak: venv  ## bounded reliability run of one real `vllm serve --enable-para` (<= 30 min, not CI): 5,000 requests, 200 first-use adapters over a host cache of 16, admin load/unload, disconnects, 5% hostile; report in benchmarks/results/soak-*/; quick: make soak SOAK_ARGS="--requests 300 --duration-limit 180"
-	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+soak: venv  ## bounded reliability run of one real `vllm serve --enable-para` (<= 30 min, not CI): 5,000 requests, 200 first-use adapters over a host cache of 16, admin load/unload, disconnects, 5% hostile; report in bench/results/soak-*/; quick: make soak SOAK_ARGS="--requests 300 --duration-limit 180"
+	$(PY) tests/soak.py $(SOAK_ARGS)
 
 # --- Do adapters help? (study): pretrained base, five tasks, adapters evaluated through vLLM
 .PHONY: pretrain eval-small reproduce-quick reproduce test-study
@@ -45,4 +45,4 @@ test-ray: venv  ## Ray TP=2 with PARA adapters (skips without ray, or where vLLM
 	$(PY) -m pytest -q -rs tests/test_ray.py
 
 fleet: venv  ## 1,000 adapters loaded on first use, PARA vs vLLM multi-LoRA (not CI): make fleet FLEET_ARGS="--fleet-adapters 200"
-	$(PY) -m loadtests.compare --scenario fleet $(FLEET_ARGS)
+	$(PY) -m bench.compare --scenario fleet $(FLEET_ARGS)

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 from .world import SPLITS
 
+MULTI = "multi"  # the scope of a multi-task adapter (all tasks mixed)
+
 
 @dataclass(frozen=True)
 class TaskExample:

@@ -51,11 +51,6 @@ RECIPES: dict[str, dict] = {
         weight_decay=0.01, documents=2000, tokenizer_documents=2000, seed=0, threads=2,
     ),
 }
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 INFO_FILE = "pretrain_info.json"
 
 
@@ -115,28 +110,9 @@ def _lock(lock_path: Path):
 # ------------------------------------------------------------------ tokenizer
 def build_tokenizer(directory: Path, documents: list[str], vocab_size: int, model_max_length: int = 2048):
     """Byte-level BPE trained on the corpus; BOS prepended to every encoded text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from testkit.tiny_models import build_tokenizer as build
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(documents, trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=model_max_length,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(directory))
-    return fast
+    return build(directory, vocab_size, model_max_length, documents=documents, add_bos=True)
 
 
 # ------------------------------------------------------------------- pretrain

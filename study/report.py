@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import get_task
+from .base import MULTI
 
 MAIN_ORDER = ("base", "para", "lora_matched", "lora_r8", "ia3", "bitfit")
 NAMES = {"base": "base model (no adapter)", "para": "PARA r=12 q,v,u last",
@@ -421,7 +422,6 @@ def _generation_length(rows, jobs, chosen, data, preds, plots) -> list[str]:
 def _vectors_section(vectors, jobs, plots) -> list[str]:
     import torch
 
-    from .run import MULTI, dispersion_stats
 
     out = ["## How much do the vectors vary across prompts?\n",
            "For test prompts, the PARA vectors l of each layer (q, v, u concatenated) from the transformers "
@@ -484,3 +484,23 @@ def _n_layers(vectors) -> int:
         for layers in per_task.values():
             return len(layers)
     return 0
+
+
+def dispersion_stats(per_task: dict[str, list]) -> dict[str, list[dict]]:
+    """Per task and layer: 1 - mean pairwise cosine of the adjustments (l - 1), and the
+    share of the adjustment's norm that varies with the prompt (||l - mean_l|| / ||l - 1||)."""
+    import torch
+
+    out = {}
+    for t, layers in per_task.items():
+        rows = []
+        for i, vecs in enumerate(layers):
+            adj = vecs - 1.0
+            unit = torch.nn.functional.normalize(adj, dim=1)
+            sims = unit @ unit.T
+            k = sims.shape[0]
+            mean_cos = float((sims.sum() - k) / (k * (k - 1))) if k > 1 else 1.0
+            varying = float((vecs - vecs.mean(0)).norm(dim=1).mean() / adj.norm(dim=1).mean().clamp_min(1e-12))
+            rows.append({"layer": i, "cos_dispersion": 1 - mean_cos, "varying_share": varying})
+        out[t] = rows
+    return out

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import HARD_TASK_NAMES, TASK_NAMES, get_task, write_jsonl
-from .base import TaskExample
+from .base import MULTI, TaskExample
+from .report import dispersion_stats, write_report  # noqa: F401  (dispersion_stats: part of the API)
 from .pretrain import cache_dir, ensure_base_model
 
-MULTI = "multi"
 
 # label -> trainer arguments (vllm_para.training.train.TrainArgs fields) of the main methods
 METHODS: dict[str, dict] = {
@@ -567,26 +567,6 @@ def vector_analysis(jobs: list[Job], base: Path, data: Data, work: Path, n: int)
     return result
 
 
-def dispersion_stats(per_task: dict[str, list]) -> dict[str, list[dict]]:
-    """Per task and layer: 1 - mean pairwise cosine of the adjustments (l - 1), and the
-    share of the adjustment's norm that varies with the prompt (||l - mean_l|| / ||l - 1||)."""
-    import torch
-
-    out = {}
-    for t, layers in per_task.items():
-        rows = []
-        for i, vecs in enumerate(layers):
-            adj = vecs - 1.0
-            unit = torch.nn.functional.normalize(adj, dim=1)
-            sims = unit @ unit.T
-            k = sims.shape[0]
-            mean_cos = float((sims.sum() - k) / (k * (k - 1))) if k > 1 else 1.0
-            varying = float((vecs - vecs.mean(0)).norm(dim=1).mean() / adj.norm(dim=1).mean().clamp_min(1e-12))
-            rows.append({"layer": i, "cos_dispersion": 1 - mean_cos, "varying_share": varying})
-        out[t] = rows
-    return out
-
-
 # ------------------------------------------------------------------- run
 def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> Path:
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -636,8 +616,6 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     rows = summary_rows(all_jobs, chosen, infos, data, preds)
     write_csv(rows, run_dir / "summary.csv")
     timings["total_s"] = round(time.time() - t0, 1)
-    from .report import write_report
-
     write_report(run_dir, cfg, base, rows, chosen, ref, vectors, data, preds, all_jobs, infos, timings)
     log(f"[study] done in {timings['total_s']} s: {run_dir / 'report.md'}")
     return run_dir

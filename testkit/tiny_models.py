@@ -1,6 +1,6 @@
 """Build small Llama/Gemma checkpoints and tokenizers locally (no model hub).
 
-Used by the tests, the demo, the benchmarks and the load tests. Everything is
+Used by the tests and the measurement package (bench/). Everything is
 seeded, so the same arguments always give the same files.
 """
 
@@ -31,9 +31,12 @@ def synthetic_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(VOCAB_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
 
 
-def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_length: int = 4096):
-    """Train a byte-level BPE tokenizer on a synthetic corpus and save it (HF format)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_length: int = 4096,
+                    documents: list[str] | None = None, add_bos: bool = False):
+    """Train a byte-level BPE tokenizer on `documents` (default: a synthetic corpus) and save it (HF
+    format). `add_bos`: prepend <s> to every encoded text (the study's pretrained base does, as real
+    Llama tokenizers do). The one tokenizer builder of the tests, the benchmarks and the study."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -45,7 +48,12 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 512, model_max_leng
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    tok.train_from_iterator(synthetic_corpus() if documents is None else documents, trainer=trainer)
+    if add_bos:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

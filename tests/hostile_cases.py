@@ -1,5 +1,5 @@
 """The hostile-request case lists, shared by tests/test_hostile_server.py and
-benchmarks/soak.py (which draws 5% of its traffic from them): one place, so the
+tests/soak.py (which draws 5% of its traffic from them): one place, so the
 soak sends exactly what the suite checks.
 
 Both servers run with the PARA adapters "sql" and "qa" loaded at start-up

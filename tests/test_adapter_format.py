@@ -48,7 +48,7 @@ def test_round_trip_exact(saved):
     for name in ("down", "up", "up_bias"):
         assert torch.equal(getattr(loaded.weights, name), getattr(adapter.weights, name)), name
     assert set(load_file(str(d / WEIGHTS_FILE))) == set(adapter.expected_shapes())
-    again = PARAAdapter.load(d, base_shape=ModelShape(**SHAPE))
+    again = load_adapter(d, base_shape=ModelShape(**SHAPE))
     assert torch.equal(again.weights.up, adapter.weights.up)
 
 

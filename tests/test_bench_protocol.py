@@ -1,4 +1,4 @@
-"""The ABBA measurement protocol (loadtests/protocol.py), the offline benchmark's orchestration
+"""The ABBA measurement protocol (bench/protocol.py), the offline benchmark's orchestration
 and the GPU decode-step benchmark's math: fast, no vLLM engine, no server."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import protocol as P
+from bench import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,7 @@ def test_failures_fail_the_run_even_in_warmup():
 def test_report_files_from_measurements(tmp_path):
     import csv
 
-    from loadtests import report
+    from bench import report
 
     table = {(r, s, lv): (100.0 + r + (lv == 2) * 50, 10.0) for r in range(3) for s in ("base", "para", "lora16")
              for lv in (1, 2)}
@@ -229,7 +229,7 @@ def test_report_files_from_measurements(tmp_path):
 
 @pytest.fixture(scope="module")
 def offline():
-    return _load(ROOT / "benchmarks" / "offline_throughput.py", "offline_throughput_under_test")
+    return _load(ROOT / "bench" / "offline_throughput.py", "offline_throughput_under_test")
 
 
 def test_offline_runs_engines_one_at_a_time_in_abba_order(offline, tmp_path):
@@ -274,7 +274,7 @@ def test_offline_runs_engines_one_at_a_time_in_abba_order(offline, tmp_path):
 
 @pytest.fixture(scope="module")
 def decode():
-    return _load(ROOT / "benchmarks" / "gpu" / "decode_step.py", "decode_step_under_test")
+    return _load(ROOT / "bench" / "gpu" / "decode_step.py", "decode_step_under_test")
 
 
 def test_decode_step_para_with_unit_vectors_and_lora_with_zero_b_equal_base(decode):
@@ -324,3 +324,21 @@ def test_decode_step_cli_small_cpu(decode, tmp_path):
     assert {r["batch"] for r in result["rows"]} == {1, 4}
     for r in result["rows"]:
         assert r["para/base"]["median"] > 0 and r["lora/base"]["median"] > 0 and r["lora-bgmv/base"]["median"] > 0
+
+
+def test_one_percentile_for_every_report():
+    """Linear interpolation between the nearest ranks (numpy's default), used by the load tests, the
+    fleet, the mixed-ITL run and the soak; no other percentile is defined in bench/ or the soak."""
+    import re
+    from pathlib import Path
+
+    assert P.percentile([], 50) is None
+    assert P.percentile([4.0], 99) == 4.0
+    assert P.percentile([1, 2, 3, 4], 50) == 2.5
+    assert abs(P.percentile(range(1, 11), 90) - 9.1) < 1e-12
+    assert P.percentile([3, 1, 2], 0) == 1 and P.percentile([3, 1, 2], 100) == 3
+    root = Path(__file__).resolve().parents[1]
+    sources = [*(root / "bench").rglob("*.py"), root / "tests" / "soak.py"]
+    defined = [str(p.relative_to(root)) for p in sources if re.search(r"^def (pct|percentile|_percentile)\(",
+                                                                      p.read_text(), re.M)]
+    assert defined == ["bench/protocol.py"], defined

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
+         *sorted((ROOT / "bench" / "gpu").glob("*.md")), *sorted((ROOT / "reproduction").glob("*.md"))]
+RESULTS = (ROOT / "bench" / "results", ROOT / "reproduction" / "results")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -39,3 +41,39 @@ def test_links_resolve(page):
 
 def test_readme_is_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 260
+
+
+def _linked_results() -> set[Path]:
+    """Result entries (a run directory or a single report) reachable by links from the pages, and
+    from the reports those links reach."""
+    entries = [p for d in RESULTS for p in d.iterdir()]
+
+    def entry_of(path: Path) -> Path | None:
+        return next((e for e in entries if path == e or e in path.parents), None)
+
+    kept, todo, seen = set(), list(PAGES), set()
+    while todo:
+        page = todo.pop()
+        if page in seen or not page.is_file() or page.suffix != ".md":
+            continue
+        seen.add(page)
+        for target in LINK.findall(page.read_text(errors="replace")):
+            if "://" in target:
+                continue
+            dest = (page.parent / target.partition("#")[0]).resolve()
+            entry = entry_of(dest)
+            if entry is not None and entry not in kept:
+                kept.add(entry)
+                todo += [entry] if entry.is_file() else sorted(entry.rglob("*.md"))
+    return kept
+
+
+def test_every_committed_result_is_linked_and_holds_no_raw_records():
+    """Only reports the docs link to are kept (with their CSVs and plots); no raw per-request
+    records, server logs or Locust files."""
+    entries = {p for d in RESULTS for p in d.iterdir()}
+    unlinked = sorted(str(p.relative_to(ROOT)) for p in entries - _linked_results())
+    assert not unlinked, f"result entries no page links to (link them from docs/ or remove them): {unlinked}"
+    raw = sorted(str(p.relative_to(ROOT)) for d in RESULTS for p in d.rglob("*")
+                 if p.name in ("locust", "logs", "raw") or p.suffix in (".jsonl", ".log", ".data"))
+    assert not raw, f"raw records committed: {raw[:10]}"

@@ -13,13 +13,13 @@ import torch
 from vllm_para import core
 from vllm_para.adapter import PARAAdapterError, load_adapter
 from vllm_para.config import ModelShape
+from vllm_para.adapter import load_ia3_adapter
 from vllm_para.ia3 import (
     IA3_CONFIG,
     IA3Adapter,
     adapter_kind,
     ia3_to_para,
     is_ia3_dir,
-    load_ia3_adapter,
     module_names,
     parse_ia3_bytes,
     tensor_key,

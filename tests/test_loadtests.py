@@ -1,4 +1,4 @@
-"""`python -m loadtests.compare` end to end in small mode (real servers + Locust, ABBA protocol), trimmed
+"""`python -m bench.compare` end to end in small mode (real servers + Locust, ABBA protocol), trimmed
 for CI, plus quick unit tests of the traffic generator, the matched-rank solver and the target verdicts.
 The protocol's logic itself is unit-tested in tests/test_bench_protocol.py."""
 
@@ -22,7 +22,7 @@ ROUNDS = 3
 
 
 def test_traffic_is_seeded_and_follows_the_distribution():
-    from loadtests.traffic import Traffic, model_weights
+    from bench.traffic import Traffic, model_weights
 
     t = Traffic(("a", "b", "c"), "zipf", 1.0, prompt_words=7, seed=3)
     assert [t.request(i) for i in range(20)] == [Traffic(("a", "b", "c"), "zipf", 1.0, 7, 3).request(i)
@@ -34,7 +34,7 @@ def test_traffic_is_seeded_and_follows_the_distribution():
 
 
 def test_matched_lora_rank_is_closest_to_para():
-    from loadtests import adapters as ad
+    from bench import adapters as ad
 
     spec = ad.ModelSpec(1024, 2816, 4, 16, 4)
     # PARA r=12 on q,v,u: 4 * (12*1024 + 4096*12 + 4096)
@@ -47,7 +47,7 @@ def test_matched_lora_rank_is_closest_to_para():
 
 
 def test_report_targets():
-    from loadtests import protocol as P
+    from bench import protocol as P
 
     def ms(para4):  # 3 rounds; PARA/base 0.97 at c=1; at c=4 `para4`/200; LoRA-16 at 100
         out = []
@@ -64,7 +64,7 @@ def test_report_targets():
 
 
 def test_phase_seeds_pair_systems_and_separate_phases():
-    from loadtests.compare import phase_seed
+    from bench.compare import phase_seed
 
     seeds = {phase_seed(0, r, lv, w) for r in range(-2, 6) for lv in range(4) for w in (False, True)}
     assert len(seeds) == 8 * 4 * 2  # every (round, level, warm-up) phase has its own prompts
@@ -72,7 +72,7 @@ def test_phase_seeds_pair_systems_and_separate_phases():
 
 
 def test_requests_per_user_lengthens_high_concurrency_phases():
-    from loadtests.compare import Plan, parse_args
+    from bench.compare import Plan, parse_args
 
     plain = Plan.from_args(parse_args(["--mode", "full"]))
     assert [plain.load(c, ("m",), 0).total_requests for c in plain.levels] == [48, 48, 48]
@@ -83,7 +83,7 @@ def test_requests_per_user_lengthens_high_concurrency_phases():
 
 
 def test_server_env_reaches_every_server_and_the_report():
-    from loadtests.compare import Plan, parse_args
+    from bench.compare import Plan, parse_args
 
     plan = Plan.from_args(parse_args(["--mode", "full", "--server-env", "THP_MEM_ALLOC_ENABLE=1",
                                       "--server-env", "OMP_WAIT_POLICY=passive"]))
@@ -104,7 +104,7 @@ def test_small_mode_end_to_end(tmp_path):
     """The ABBA protocol for real: one server at a time, in ABBA order, warm-up excluded,
     medians and ratios computed from the per-round measurements."""
 
-    cmd = [sys.executable, "-m", "loadtests.compare", "--mode", "small", "--systems", ",".join(SYSTEMS),
+    cmd = [sys.executable, "-m", "bench.compare", "--mode", "small", "--systems", ",".join(SYSTEMS),
            "--concurrency", ",".join(map(str, LEVELS)), "--requests", str(REQUESTS), "--rounds", str(ROUNDS),
            "--warmup-requests", "2", "--out-dir", str(tmp_path), "--run-id", "ci", "--startup-timeout", "600",
            "--run-time", "300", "--enforce-eager"]  # checks the protocol, not speed: skip torch.compile
@@ -175,10 +175,10 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# ------------------------------------------------------------------ fleet scenario (loadtests/fleet.py)
+# ------------------------------------------------------------------ fleet scenario (bench/fleet.py)
 def test_fleet_arguments_and_defaults():
-    from loadtests.compare import SYSTEMS, Plan, parse_args
-    from loadtests.fleet import FleetPlan
+    from bench.compare import SYSTEMS, Plan, parse_args
+    from bench.fleet_plan import FleetPlan
 
     args = parse_args(["--scenario", "fleet"])
     assert (args.mode, args.systems, args.fleet_adapters) == ("full", ["para", "lora"], 1000)
@@ -197,9 +197,9 @@ def test_fleet_arguments_and_defaults():
 def test_fleet_ia3_kind(tmp_path):
     """--adapter-kind ia3: the plugin's fleet is PEFT (IA)^3 directories, written by PEFT, that the
     plugin's loader reads as (IA)^3 (no engine here; serving them is tests/test_ia3_engine.py)."""
-    from loadtests import adapters as ad
-    from loadtests.compare import parse_args
-    from loadtests.fleet import FleetPlan
+    from bench import adapters as ad
+    from bench.compare import parse_args
+    from bench.fleet_plan import FleetPlan
     from vllm_para.adapter import read_adapter_files
     from testkit.tiny_models import build_tiny_model
 
@@ -212,7 +212,7 @@ def test_fleet_ia3_kind(tmp_path):
 
 
 def test_fleet_cold_and_warm_requests():
-    from loadtests.fleet import ColdTracker
+    from bench.fleet import ColdTracker
 
     t = ColdTracker()
     phase1 = [  # a: first at 0.0, first token at 0.5; the second request for a was sent while it loaded
@@ -236,7 +236,7 @@ def test_lora_memory_formulas_match_vllm():
     2 heads / 1 KV head, vocab 512; --max-loras 8 --max-lora-rank 8): its `lora_a/b_stacked` tensors
     (embedding 163840 + qkv 327680 + o/down 327680 + gate_up 393216 + logits 163840 bytes) and one CPU-cached
     rank-3 LoRA on q,v,up (19968 bytes)."""
-    from loadtests import adapters as ad
+    from bench import adapters as ad
 
     spec = ad.ModelSpec(128, 256, 2, 2, 1)
     assert 8 * ad.lora_slot_bytes(spec, 512, 8, 4) == 1376256
@@ -244,8 +244,11 @@ def test_lora_memory_formulas_match_vllm():
 
 
 def test_fleet_memory_and_metrics_parsing():
-    from loadtests.fleet import BUDGET_BYTES, FleetSystem, memory_of, memory_rows, parse_metrics
-    from loadtests import protocol as P
+    from bench import protocol as P
+    from bench.fleet import memory_of
+    from bench.fleet_plan import BUDGET_BYTES, FleetSystem
+    from bench.fleet_report import memory_rows
+    from bench.prometheus import samples as parse_metrics
 
     text = ("# HELP x\nvllm_para:adapter_host_bytes 1000.0\nvllm_para:adapters_in_host_memory 4.0\n"
             'vllm_para:adapter_slot_bytes 800.0\nvllm_para:adapter_cache_total{result="miss"} 5.0\n'
@@ -277,7 +280,7 @@ FLEET_ADAPTERS = 20
 def test_fleet_small_mode_end_to_end(tmp_path):
     """`--scenario fleet` for real, trimmed for CI: 20 adapters per system loaded on first use (PARA from
     --para-adapter-dir, LoRA through vLLM's filesystem resolver), Zipf traffic at c=4 and 16, one round."""
-    cmd = [sys.executable, "-m", "loadtests.compare", "--scenario", "fleet", "--mode", "small", "--fleet-adapters",
+    cmd = [sys.executable, "-m", "bench.compare", "--scenario", "fleet", "--mode", "small", "--fleet-adapters",
            str(FLEET_ADAPTERS), "--requests", "8", "--rounds", "1", "--out-dir", str(tmp_path), "--run-id", "ci",
            "--startup-timeout", "600", "--run-time", "300", "--enforce-eager"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1700)  # pytest.ini: 1800
@@ -321,14 +324,15 @@ def test_fleet_small_mode_end_to_end(tmp_path):
     assert (run / "fleet.png").read_bytes()[:8] == PNG_MAGIC
 
 
-# ------------------------------------------------------------------ mixed scenario (loadtests/mixed_itl.py)
+# ------------------------------------------------------------------ mixed scenario (bench/mixed_itl.py)
 def test_mixed_itl_percentile_and_report(tmp_path):
-    """The base-ITL comparison's arithmetic: nearest-rank percentiles, medians of per-round
-    PARA/plain ratios, and the 10% verdict (the servers themselves: `python -m loadtests.mixed_itl`)."""
-    from loadtests import mixed_itl as M
-    from loadtests import protocol as P
+    """The base-ITL comparison's arithmetic: the package's one percentile, medians of per-round
+    PARA/plain ratios, and the 10% verdict (the servers themselves: `python -m bench.mixed_itl`)."""
+    from bench import mixed_itl as M
+    from bench import protocol as P
 
-    assert M.percentile(list(range(1, 101)), 99) == 99 and M.percentile([3.0], 99) == 3.0
+    assert M.percentile is P.percentile
+    assert abs(M.percentile(list(range(1, 101)), 99) - 99.01) < 1e-9 and M.percentile([3.0], 99) == 3.0
     assert M.percentile([5, 1, 3], 50) == 3 and M.percentile([5, 1, 3], 100) == 5
     args = M.parse_args(["--mode", "small", "--rounds", "3", "--streams", "2"])
     ms = []
@@ -352,14 +356,14 @@ def test_mixed_itl_gaps_and_in_process_scenario():
     scenario's work: the same token ids for both engines of a round, new ones every round."""
     import importlib.util
 
-    from loadtests import mixed_itl as M
+    from bench import mixed_itl as M
 
     m = M.gap_metrics([[0.010, 0.012, 0.300], [0.011]], elapsed=1.0)
     assert m["gaps"] == 4 and m["itl_max_ms"] == pytest.approx(300.0) and m["itl_p99_ms"] == pytest.approx(300.0)
     assert m["itl_p50_ms"] == pytest.approx(11.5) and m["decode_tok_s"] == pytest.approx(6.0)
     with pytest.raises(RuntimeError, match="no inter-token gap"):
         M.gap_metrics([[], []], elapsed=1.0)
-    spec = importlib.util.spec_from_file_location("mixed_itl_step", ROOT / "benchmarks" / "mixed_itl_step.py")
+    spec = importlib.util.spec_from_file_location("mixed_itl_step", ROOT / "bench" / "mixed_itl_step.py")
     S = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(S)
     args = S.parse_args(["--streams", "3", "--long-prompts", "2", "--long-tokens", "40", "--para-tokens", "9"])
@@ -373,7 +377,7 @@ def test_mixed_itl_gaps_and_in_process_scenario():
 def test_engine_metrics_from_two_scrapes():
     """Engine-side phase timings are deltas of vLLM's histograms between two /metrics scrapes,
     summed over label sets (e.g. one series per engine or model name)."""
-    from loadtests import engine_metrics as EM
+    from bench import engine_metrics as EM
 
     def text(queue, prefill, decode, n, tokens):
         lines = []
@@ -405,7 +409,7 @@ def test_process_cpu_by_role_per_token():
     import subprocess
     import sys
 
-    from loadtests import process_cpu as PC
+    from bench import process_cpu as PC
 
     assert PC.role_of("vllm", True) == "api"
     assert PC.role_of("VLLM::EngineCore_DP0", False) == "engine_core"
@@ -432,9 +436,9 @@ def test_process_cpu_by_role_per_token():
 def test_pool_runs_pools_rounds_of_one_protocol_and_refuses_mixed_runs(tmp_path):
     """Real committed reports: a run pooled with itself keeps its median and doubles its rounds;
     runs of two dtypes (or other request counts) are refused; hand-made runs pool exactly."""
-    from loadtests import pool_runs
+    from bench import pool_runs
 
-    results = Path(__file__).resolve().parents[1] / "loadtests" / "results"
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
     f32 = pool_runs.read_run(results / "abba-full-float32-long-4r-20261130")
     bf16 = pool_runs.read_run(results / "abba-full-bfloat16-long-4r-20261130")
     assert f32.settings["dtype"] == "float32" and f32.settings["mode"] == "full"
@@ -500,7 +504,7 @@ PERF_REPORT = """\
 def test_served_profile_attributes_perf_samples_by_process_and_code():
     """`perf report --sort comm,dso` text (real lines from a served run) -> samples by process and
     kind of code -> CPU ms per 1,000 tokens -> per-system medians and the report's tables."""
-    from loadtests import served_profile as SP
+    from bench import served_profile as SP
 
     samples = SP.parse_report(PERF_REPORT)
     assert samples == {

@@ -113,7 +113,7 @@ def test_wheel_ships_every_module_and_entry_point(source_tree, wheel):
             f"a plain `pip install` would lack them:\n  " + "\n  ".join(missing) + f"\nFix: {hint}.",
             pytrace=False,
         )
-    stray = sorted(n for n in shipped if n.startswith(("tests/", "build/", "loadtests/", "benchmarks/", "examples/")))
+    stray = sorted(n for n in shipped if n.startswith(("tests/", "build/", "bench/", "bench/", "examples/")))
     assert not stray, f"the wheel ships files outside {PACKAGE}/: {stray}"
 
     eps = configparser.ConfigParser(delimiters=("=",))

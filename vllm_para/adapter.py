@@ -20,61 +20,19 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save_file
 
 from .config import (
-    CONFIG_FILE, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, PARAConfigError, clip,
+    CONFIG_FILE, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, ModelShape, PARAConfig, clip,
     read_adapter_bytes, read_config_bytes,
 )
+from . import ia3
 from .core import DOWN, UP, UP_BIAS, VGWeights, tensor_name
+from .para_format import ALLOWED_DTYPES, PARAAdapter, PARAAdapterError, expected_tensor_shapes
 
-ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["ALLOWED_DTYPES", "DEFAULT_READ_TIMEOUT_S", "AdapterFiles", "PARAAdapter", "PARAAdapterError",
+           "expected_tensor_shapes", "load_adapter", "load_ia3_adapter", "parse_adapter", "read_adapter_files"]
 
-
-class PARAAdapterError(PARAConfigError):
-    """An adapter directory cannot be loaded; the message says which file and tensor."""
-
-
-@dataclass
-class PARAAdapter:
-    config: PARAConfig
-    weights: VGWeights
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        return expected_tensor_shapes(self.config)
-
-    def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for i in range(self.config.num_hidden_layers):
-            down, up, bias = self.weights.layer(i)
-            tensors[tensor_name(i, DOWN)] = down.detach().contiguous().cpu()
-            tensors[tensor_name(i, UP)] = up.detach().contiguous().cpu()
-            tensors[tensor_name(i, UP_BIAS)] = bias.detach().contiguous().cpu()
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "peft_type": "PARA"})
-        self.config.save(directory)
-        return directory
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | Path,
-        base_shape: ModelShape | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ) -> "PARAAdapter":
-        return load_adapter(directory, base_shape=base_shape, dtype=dtype, device=device)
-
-
-def expected_tensor_shapes(config: PARAConfig) -> dict[str, tuple[int, ...]]:
-    r, H, T = config.r, config.hidden_size, config.vector_size
-    shapes = {}
-    for i in range(config.num_hidden_layers):
-        shapes[tensor_name(i, DOWN)] = (r, H)
-        shapes[tensor_name(i, UP)] = (T, r)
-        shapes[tensor_name(i, UP_BIAS)] = (T,)
-    return shapes
+DEFAULT_READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -102,9 +60,6 @@ class AdapterFiles:
         if kind not in ("para", "ia3"):
             raise PARAAdapterError(f"unknown adapter kind {clip(repr(kind))}")
         return cls(str(directory), bytes(config), bytes(weights), str(digest), str(kind))
-
-
-DEFAULT_READ_TIMEOUT_S = 5.0
 
 
 def read_adapter_files(directory: str | Path, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
@@ -166,8 +121,6 @@ def _read_config(directory: Path, kind: str | None) -> tuple[str, bytes]:
     (IA)^3 adapter (`kind` None: the directory tells; a PEFT config of another type, e.g. LoRA,
     is refused with the reason). The config is validated before the weights are read, so a
     broken one is what gets reported."""
-    from . import ia3
-
     para, peft = directory / CONFIG_FILE, directory / ia3.IA3_CONFIG
     if kind is None:
         has_para, has_peft = para.exists() or para.is_symlink(), peft.exists() or peft.is_symlink()
@@ -206,8 +159,6 @@ def parse_adapter(
     and every tensor's presence, shape, dtype and finiteness."""
     directory = Path(files.directory)
     if files.kind == "ia3":  # a PEFT (IA)^3 adapter, converted exactly (vllm_para/ia3.py)
-        from . import ia3
-
         if base_shape is None:
             raise PARAAdapterError(f"{directory}: an (IA)^3 adapter records no model shapes; pass base_shape.")
         return ia3.parse_ia3_bytes(files.config, files.weights, base_shape, where=str(directory), dtype=dtype,
@@ -258,3 +209,16 @@ def parse_adapter(
         return torch.stack([tensors[tensor_name(i, part)] for i in range(L)]).to(device=device, dtype=dtype)
 
     return PARAAdapter(config=config, weights=VGWeights(stack(DOWN), stack(UP), stack(UP_BIAS)))
+
+
+def load_ia3_adapter(
+    directory: str | Path,
+    base_shape: ModelShape,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> ia3.IA3Adapter:
+    """Load, validate and convert a PEFT (IA)^3 adapter directory for a base model of shape
+    `base_shape` (required: (IA)^3 files do not record it), through the shared reader."""
+    files = read_adapter_files(directory, kind=ia3.KIND)
+    return ia3.parse_ia3_bytes(files.config, files.weights, base_shape, where=str(directory), dtype=dtype,
+                               device=device)

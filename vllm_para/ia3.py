@@ -38,7 +38,7 @@ a list matches a name exactly or as a `.`-suffix; `exclude_modules` and
 targets) an adapter does not scale get vectors of ones.
 
 `ia3_to_para` is pure (a config dict and tensors in, a PARAAdapter out);
-`load_ia3_adapter` reads a directory through the shared reader
+`vllm_para.adapter.load_ia3_adapter` reads a directory through the shared reader
 (`adapter.read_adapter_files`: each file opened once, O_NOFOLLOW | O_NONBLOCK, with a
 deadline; safetensors only, pickle `.bin`/`.pt` files are never opened); serving reads
 the bytes in the API server and `parse_ia3_bytes` converts them in every worker.
@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
-from .adapter import ALLOWED_DTYPES, PARAAdapter, PARAAdapterError
+from .para_format import ALLOWED_DTYPES, PARAAdapter, PARAAdapterError
 from .config import (
     CONFIG_FILE,
     MAX_CONFIG_BYTES,
@@ -448,20 +448,6 @@ def _parse_safetensors(data: bytes, path: str) -> dict[str, torch.Tensor]:
         raise PARAAdapterError(f"{path}: not a valid safetensors file ({clip(exc)}).") from exc
 
 
-def load_ia3_adapter(
-    directory: str | Path,
-    base_shape: ModelShape,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-) -> IA3Adapter:
-    """Load, validate and convert a PEFT (IA)^3 adapter directory for a base
-    model of shape `base_shape` (required: (IA)^3 files do not record it)."""
-    from .adapter import read_adapter_files
-
-    files = read_adapter_files(directory, kind=KIND)
-    return parse_ia3_bytes(files.config, files.weights, base_shape, where=str(directory), dtype=dtype, device=device)
-
-
 def parse_ia3_bytes(
     config_bytes: bytes,
     weights_bytes: bytes,
@@ -470,7 +456,7 @@ def parse_ia3_bytes(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> IA3Adapter:
-    """`load_ia3_adapter` from the two files' bytes (no file access): what a
+    """`adapter.load_ia3_adapter` from the two files' bytes (no file access): what a
     worker runs on the bytes the API server read. `where` is the directory."""
     raw = parse_json(config_bytes, f"{where}/{IA3_CONFIG}")
     # refuse a bad config, or a module PARA cannot express, before parsing the weights
@@ -541,7 +527,6 @@ __all__ = [
     "adapter_kind",
     "ia3_to_para",
     "is_ia3_dir",
-    "load_ia3_adapter",
     "parse_ia3_bytes",
     "parse_ia3_config",
     "plan_modules",
