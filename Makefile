@@ -19,7 +19,7 @@ test-fast: venv  ## tests that do not start a vLLM engine
 	$(PY) -m pytest -q tests -m "not engine and not server"
 
 bench: venv
-	$(PY) bench/offline_throughput.py
+	$(PY) -m bench.offline_throughput
 
 soak: venv  ## bounded reliability run of one real `vllm serve --enable-para` (<= 30 min, not CI): 5,000 requests, 200 first-use adapters over a host cache of 16, admin load/unload, disconnects, 5% hostile; report in bench/results/soak-*/; quick: make soak SOAK_ARGS="--requests 300 --duration-limit 180"
 	$(PY) tests/soak.py $(SOAK_ARGS)

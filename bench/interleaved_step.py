@@ -1,7 +1,7 @@
 """Decode-step cost of PARA, measured in pairs: a plain and a PARA engine alive in ONE process,
 their batches interleaved (A B B A ...), so both see the same machine state within a round.
 
-    .venv/bin/python bench/interleaved_step.py --dtype bfloat16 --batch 16 --rounds 12
+    .venv/bin/python -m bench.interleaved_step --dtype bfloat16 --batch 16 --rounds 12
 
 Why this exists: separate engine processes measured in ABBA rounds (offline_throughput.py,
 bench/compare.py) are the honest end-to-end protocol, but on a 2-core VM the spread of
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench.in_process import add_common_args, build_full_model  # noqa: E402  (first: sets vLLM's env)
 from bench.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)

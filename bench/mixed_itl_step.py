@@ -2,7 +2,7 @@
 `bench/mixed_itl.py` (base requests decoding while long prompts arrive) with a plain and a
 PARA engine alive in ONE process, so every inter-token gap is engine time, not client scheduling.
 
-    .venv/bin/python bench/mixed_itl_step.py --dtype float32 --rounds 10 \
+    .venv/bin/python -m bench.mixed_itl_step --dtype float32 --rounds 10 \
         --out bench/results/mixed-itl-step-float32-<date>
 
 Why this exists: over HTTP on a 2-core VM, the client's gaps are dominated by three busy
@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench import mixed_itl as M  # noqa: E402
 from bench import protocol as P  # noqa: E402
@@ -156,7 +154,7 @@ both engines), each followed by a {args.para_tokens}-token prompt that names a P
 the same token ids for both engines in a round; a warm-up pass per engine excluded. Medians [min-max] over rounds.
 Machine: {platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}.
 
-Reproduce: `.venv/bin/python bench/mixed_itl_step.py --mode {args.mode} --dtype {args.dtype} \
+Reproduce: `.venv/bin/python -m bench.mixed_itl_step --mode {args.mode} --dtype {args.dtype} \
 --rounds {args.rounds}`."""
     out = args.out or Path(tempfile.mkdtemp(prefix="mixed_itl_step_out_"))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Offline throughput, ABBA protocol: engines one at a time, each system measured in every round.
 
-    .venv/bin/python bench/offline_throughput.py                        # base vs PARA, float32
-    .venv/bin/python bench/offline_throughput.py --dtype bfloat16 --systems base,para,para-noadapter,lora16
+    .venv/bin/python -m bench.offline_throughput                        # base vs PARA, float32
+    .venv/bin/python -m bench.offline_throughput --dtype bfloat16 --systems base,para,para-noadapter,lora16
 
 Systems (each its own vLLM engine, on the same locally built Llama-shaped model):
 
@@ -51,8 +51,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench import protocol as P  # noqa: E402  (pure Python: no vLLM import)
 from bench.report import report_head  # noqa: E402
@@ -206,7 +204,7 @@ def subprocess_life(args: argparse.Namespace, workdir: Path):
     def run(spec: dict) -> dict:
         spec_file = workdir / f"life_{spec['slots'][0]['index']}.json"
         spec_file.write_text(json.dumps({**spec, "workdir": str(workdir)}))
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), *_passthrough(args)]
+        argv = [sys.executable, "-m", "bench.offline_throughput", "--worker", str(spec_file), *_passthrough(args)]
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         log = workdir / f"life_{spec['slots'][0]['index']}.log"
         log.write_text(proc.stdout + proc.stderr)

@@ -1,6 +1,6 @@
 """What a PARA prompt costs the engine at prefill, in milliseconds, measured in pairs in ONE engine.
 
-    .venv/bin/python bench/prefill_overhead.py --dtype bfloat16 --batch 1 --rounds 60
+    .venv/bin/python -m bench.prefill_overhead --dtype bfloat16 --batch 1 --rounds 60
 
 One in-process PARA engine (VLLM_ENABLE_V1_MULTIPROCESSING=0) on the load test's full model.
 Each round runs two prefill passes (B new prompts, max_tokens=1) back to back in ABBA order:
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench.in_process import add_common_args, build_full_model  # noqa: E402  (first: sets vLLM's env)
 from bench.offline_throughput import prompts  # noqa: E402  (the same seeded prompts)

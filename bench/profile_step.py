@@ -1,6 +1,6 @@
 """Where a PARA engine's per-step time goes, against a plain engine (CPU, in-process, cProfile).
 
-    .venv/bin/python bench/profile_step.py [--eager] [--tokens 64] [--batch 1]
+    .venv/bin/python -m bench.profile_step [--eager] [--tokens 64] [--batch 1]
 
 Builds the load test's full-mode model (hidden 1024, 4 layers) and 8 PARA adapters, then runs
 the same greedy decode in a plain engine and in a PARA engine (requests using adapters), one
@@ -25,7 +25,6 @@ from pathlib import Path
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PARA_FUNCS = ("plan_step", "plan_tokens", "compute_vectors", "_model_forward", "forward")
 

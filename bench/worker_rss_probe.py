@@ -2,10 +2,10 @@
 vLLM engine on the tiny Llama, with PARA off (plain vLLM-CPU) or on (3 adapters), sampling the
 RSS of every engine process every 10 rounds.
 
-    .venv/bin/python bench/worker_rss_probe.py --mode plain --rounds 700 --out plain.json
-    .venv/bin/python bench/worker_rss_probe.py --mode para --rounds 150
-    .venv/bin/python bench/worker_rss_probe.py --mode plain --fixed      # one batch shape, repeated
-    .venv/bin/python bench/worker_rss_probe.py --mode plain --eager      # no torch.compile
+    .venv/bin/python -m bench.worker_rss_probe --mode plain --rounds 700 --out plain.json
+    .venv/bin/python -m bench.worker_rss_probe --mode para --rounds 150
+    .venv/bin/python -m bench.worker_rss_probe --mode plain --fixed      # one batch shape, repeated
+    .venv/bin/python -m bench.worker_rss_probe --mode plain --eager      # no torch.compile
 
 A round is one `llm.generate` of 1-24 prompts (3-60 words), max_tokens 1-32, greedy or
 sampled; `--fixed` sends the same round every time. Allocator settings are taken from the

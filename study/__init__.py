@@ -2,7 +2,7 @@
 deterministic pretrained small base model for them, and the study that compares
 adapters on them through vLLM.
 
-    from study import TASKS, get_task
+    from study import get_task
     train = get_task("qa").generate("train", 800)
     scores = get_task("qa").score(predictions, test_examples)
 
