@@ -3,7 +3,7 @@
 On a small machine the API server, vLLM's engine-core process (which busy-polls), its worker
 and the load generator share the cores, so a system whose API server or engine core needs more
 CPU per token slows the worker even when the worker's own steps cost the same. Read before and
-after each measured phase, like `engine_metrics` (never during one):
+after each measured phase, like `prometheus.phase_metrics` (never during one):
 
 - `cpu_api_ms_per_tok`: the API server (the process `vllm serve` started);
 - `cpu_engine_core_ms_per_tok`: vLLM's engine-core process(es) (`VLLM::EngineCore...`);

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from . import protocol as P
-from .engine_metrics import METRICS as ENGINE_METRICS
+from .prometheus import METRICS as ENGINE_METRICS
 from .process_cpu import METRICS as CPU_METRICS
 
 METRICS = ["output_tokens_per_s", "requests_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50",
