@@ -32,7 +32,7 @@ def build_full_model(prefix: str, num_adapters: int, model: str = "random", kind
     """The load test's full-mode base model and `num_adapters` adapters of `kind` (PARA, or PEFT
     (IA)^3), built in a fresh temporary folder: (model spec, base path, {name: adapter path})."""
     from bench import adapters as ad
-    from bench.compare import MODES
+    from bench.systems import MODES
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     spec = ad.real_spec(model) if model != "random" else MODES["full"].model

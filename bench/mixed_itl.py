@@ -38,7 +38,7 @@ import requests
 from bench import adapters as ad
 from bench import protocol as P
 from bench.protocol import percentile
-from bench.compare import MODES
+from bench.systems import MODES
 from bench.traffic import WORDS
 
 ROOT = Path(__file__).resolve().parents[1]

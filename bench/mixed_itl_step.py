@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     from vllm import LLM
 
     from bench import adapters as ad
-    from bench.compare import MODES
+    from bench.systems import MODES
 
     work = Path(tempfile.mkdtemp(prefix="mixed_itl_step_"))
     spec = MODES[args.mode].model

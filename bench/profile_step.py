@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     from bench import adapters as ad
-    from bench.compare import MODES
+    from bench.systems import MODES
 
     work = Path(tempfile.mkdtemp(prefix="profile_step_"))
     base = ad.build_base(MODES["full"].model, work / "base")

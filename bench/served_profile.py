@@ -43,6 +43,7 @@ from . import compare as C
 from . import protocol as P
 from .life import PhaseHooks, log
 from .report import report_head
+from .systems import MODES, engine_flags
 
 PROCESSES = (("VLLM::Worker", "worker"), ("VLLM::EngineCor", "engine core"), ("vllm", "API server"),
              ("locust", "load generator"), ("swapper", "idle"))
@@ -171,7 +172,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.served_profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=sorted(C.MODES), default="full")
+    p.add_argument("--mode", choices=sorted(MODES), default="full")
     p.add_argument("--systems", default="base,para")
     p.add_argument("--dtype", choices=C.DTYPES, default="float32")
     p.add_argument("--concurrency", default="1,4", help="levels run in order on each server; the last is profiled")
@@ -229,7 +230,7 @@ def main(argv=None) -> Path:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": args.dtype, "model": f"{args.mode} mode",
             "levels (in order on every server)": list(plan.levels), "profiled level": profiled,
             "requests at the profiled level": plan.requests_at(profiled),
-            "engine flags (all systems)": f"`{' '.join(C.engine_flags(plan.seed, plan.dtype))}`, " + plan.env_string(),
+            "engine flags (all systems)": f"`{' '.join(engine_flags(plan.seed, plan.dtype))}`, " + plan.env_string(),
             "order": f"`{P.order_string(slots)}` (a fresh server per slot)",
             "perf": f"`perf record -a -F {args.frequency}` over the profiled phase", "label": args.label}
     rows: list[dict] = []
