@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import adapters as ad
@@ -34,42 +31,11 @@ from . import protocol as P
 from .life import LoadFor, PhaseHooks, Server, log, run_life
 from .locust_runner import LoadSpec
 from .report import write_plots, write_ratios, write_report, write_rounds, write_summary
-from .systems import BASE_NAME, DTYPES, FLEET_SYSTEMS, MODES, SCENARIOS, SYSTEMS, engine_flags, phase_seed, spec_of
+from .systems import (  # noqa: F401  (re-exported: the mixed scenario's plan and systems)
+    BASE_NAME, DTYPES, FLEET_SYSTEMS, MODES, SCENARIOS, SYSTEMS, Plan, SystemSetup, engine_flags, phase_seed,
+    setup_system, spec_of,
+)
 from .traffic import DISTRIBUTIONS
-
-@dataclass
-class SystemSetup:
-    flags: list[str]
-    models: tuple[str, ...]  # the `model` names requests spread over
-    params: str  # trainable parameters per adapter, for the report
-
-
-def setup_system(system: str, base: Path, work: Path, n: int, seed: int) -> SystemSetup:
-    """Build the adapters `system` serves and the `vllm serve` flags that load them."""
-    spec, _ = spec_of(base)
-    para_params = ad.para_param_count(base)
-    if system == "base":
-        return SystemSetup([], (BASE_NAME,), "0")
-    if system == "para":
-        paths = ad.build_para_adapters(base, work / "para", n, seed)
-        flags = ["--enable-para", "--para-modules", *_modules(paths), "--max-para-adapters", str(n)]
-        return SystemSetup(flags, tuple(paths), f"{para_params} (r={ad.PARA_R}, targets {','.join(ad.PARA_TARGETS)})")
-    if system == "lora-matched":
-        r, targets = ad.matched_lora_rank(spec, para_params), ad.MATCHED_LORA_TARGETS
-    elif system == "lora16":
-        r, targets = 16, ad.ALL_LINEAR
-    else:
-        raise ValueError(f"unknown system {system!r}; expected some of {SYSTEMS}")
-    paths = ad.build_lora_adapters(base, work / system, system, n, r, targets, seed)
-    flags = ["--enable-lora", "--lora-modules", *_modules(paths), "--max-loras", str(n),
-             "--max-lora-rank", str(ad.max_lora_rank_flag(r))]
-    params = f"{ad.lora_param_count(spec, r, targets)} (r={r}, targets {','.join(targets)})"
-    return SystemSetup(flags, tuple(paths), params)
-
-
-def _modules(paths: dict[str, str]) -> list[str]:
-    return [f"{name}={path}" for name, path in paths.items()]
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
@@ -146,93 +112,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if fleet and args.fleet_adapters < 1:
         p.error("--fleet-adapters must be >= 1")
     return args
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one run does, after the mode's defaults and the command-line overrides are merged."""
-
-    mode: str
-    model: ad.ModelSpec
-    systems: tuple[str, ...]
-    levels: tuple[int, ...]
-    requests: int
-    adapters: int
-    prompt_words: int
-    max_tokens: int
-    distribution: str
-    zipf_exponent: float
-    beam_search: bool
-    seed: int
-    run_time_s: int
-    startup_timeout_s: int
-    dtype: str = "float32"
-    rounds: int = 3
-    warmup_rounds: int = 0
-    warmup_requests: int | None = None
-    reuse: bool = True
-    enforce_eager: bool = False
-    requests_per_user: int | None = None
-    server_env: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Plan":
-        m = MODES[args.mode]
-        levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else m.concurrency
-        model = ad.real_spec(args.model) if getattr(args, "model", None) not in (None, "random") else m.model
-        return cls(args.mode, model, tuple(args.systems), levels, args.requests or m.requests,
-                   args.adapters or m.adapters, args.prompt_words or m.prompt_words, args.max_tokens or m.max_tokens,
-                   args.distribution, 1.0 if args.zipf_exponent is None else args.zipf_exponent, args.beam_search,
-                   args.seed, args.run_time,
-                   args.startup_timeout, args.dtype, args.rounds or m.rounds, args.warmup_rounds,
-                   args.warmup_requests, m.reuse if args.reuse is None else args.reuse == "adjacent",
-                   getattr(args, "enforce_eager", False), getattr(args, "requests_per_user", None),
-                   tuple(tuple(item.split("=", 1)) for item in getattr(args, "server_env", ())))
-
-    def env_string(self) -> str:
-        """Every server's environment beyond the inherited one, as the report states it."""
-        return ", ".join(["VLLM_CPU_KVCACHE_SPACE=1", *(f"{k}={v}" for k, v in self.server_env)])
-
-    def requests_at(self, concurrency: int) -> int:
-        """Measured requests of one phase at `concurrency`."""
-        return max(self.requests, (self.requests_per_user or 0) * concurrency)
-
-    def load(self, concurrency: int, models: tuple[str, ...], round_: int, warmup: bool = False,
-             requests: int | None = None) -> LoadSpec:
-        """The phase (round, level) sends the same seeded requests on every system; different phases
-        send different prompts, so no phase is served from another phase's prefix cache."""
-        return LoadSpec(concurrency=concurrency, total_requests=requests or self.requests_at(concurrency),
-                        max_tokens=self.max_tokens, prompt_words=self.prompt_words, models=models,
-                        distribution=self.distribution, zipf_exponent=self.zipf_exponent,
-                        seed=phase_seed(self.seed, round_, self.levels.index(concurrency), warmup),
-                        beam_search=self.beam_search, run_time_s=self.run_time_s)
-
-    def meta(self, slots: list[P.Slot]) -> dict:
-        m = self.model
-        traffic = self.distribution + (f" (s={self.zipf_exponent})" if self.distribution == "zipf" else "")
-        traffic += f", {self.prompt_words}-word prompts, {self.max_tokens} output tokens (ignore_eos), "
-        traffic += "beam search width 3 (not streamed)" if self.beam_search else "streamed, greedy"
-        return {
-            "mode": self.mode, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "base model": m.describe(),
-            "adapters per system": self.adapters, "traffic": traffic,
-            "requests per concurrency level": (", ".join(f"c={c}: {self.requests_at(c)}" for c in self.levels)
-                                               if self.requests_per_user else self.requests),
-            "concurrency levels": list(self.levels),
-            "seed": self.seed,
-            "engine flags (all systems)": f"`{' '.join(engine_flags(self.seed, self.dtype, self.enforce_eager))}`, "
-                                          + self.env_string(),
-            "protocol": f"ABBA, {self.rounds} measured round(s)"
-                        + (f" after {self.warmup_rounds} warm-up round(s)" if self.warmup_rounds else "")
-                        + ", one server at a time; every fresh server gets one request per model and "
-                        + (f"{self.warmup_requests}" if self.warmup_requests is not None else "max(2, c)")
-                        + " unmeasured requests at each level c before its first measured slot; "
-                        + ("adjacent slots of one system share a server (`*`)" if self.reuse
-                           else "a fresh server for every slot"),
-            "order": f"`{P.order_string(slots)}` ({len(P.lives(slots))} server starts)",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "systems": {},
-        }
 
 
 def main(argv=None) -> Path:
