@@ -8,7 +8,9 @@ layer, from the compiled graph. This times exactly that (the op outside any forw
 in a decode step, where the side buffer has no plan), eager and from a `torch.compile`d graph,
 next to the elementwise products PARA adds to the same step (2 per layer), so the fixed cost can
 be set against a decode step's time. On GPU the decode steps replay FULL CUDA graphs captured
-without the op (vllm_para/worker/graph_guard.py), so this cost is CPU-only.
+without the op (vllm_para/worker/graph_guard.py), and an eager forward (`--enforce-eager`) skips
+the call in a step without VG rows (vllm_para/worker/layers.py), so what is left is the compiled
+CPU graph's calls: the "compiled graph" row.
 
 Runs in: the benchmark driver (no vLLM engine).
 """

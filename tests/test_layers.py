@@ -93,13 +93,50 @@ def test_residual_tap_passes_the_stream_entering_the_layer(monkeypatch):
     monkeypatch.setattr(torch.ops.vllm_para, "compute_vectors",
                         lambda stream, vectors, layer, key: seen.append((stream.clone(), layer)), raising=False)
     model = fake_model(2)
-    wrap_layers(model, pages_for(2), 6, 10)
+    pages = pages_for(2)
+    wrap_layers(model, pages, 6, 10)
+    pages.plan = True  # a step with VG rows
     x, r = torch.ones(2, 3), torch.full((2, 3), 5.0)
     out = model.model.layers[0].input_layernorm(x)  # first layer: the input is the stream
     assert torch.equal(out, x * 2) and torch.equal(seen[-1][0], x) and seen[-1][1] == 0
     normed, resid = model.model.layers[1].input_layernorm(x, r)  # later layers: the fused residual sum
     assert torch.equal(resid, x + r) and torch.equal(normed, (x + r) * 2)
     assert torch.equal(seen[-1][0], x + r) and seen[-1][1] == 1
+
+
+def test_eager_step_without_vg_rows_skips_the_op_but_a_compiled_graph_always_holds_it(monkeypatch):
+    """Every decode step has no VG rows: run eagerly it makes no op call (30 per step on a real
+    base); a graph is traced once, so it must hold the call whatever the step it was traced in."""
+    from vllm_para.worker import ops
+
+    model = fake_model(1)
+    pages = pages_for(1)
+    wrap_layers(model, pages, 6, 10)
+    tap = model.model.layers[0].input_layernorm
+    calls = []
+    real = torch.ops.vllm_para.compute_vectors
+    monkeypatch.setattr(torch.ops.vllm_para, "compute_vectors", lambda *a: calls.append(a[2]), raising=False)
+    x = torch.ones(2, 3)
+    pages.plan = None
+    tap(x)
+    assert calls == []
+    pages.plan = True
+    tap(x)
+    assert calls == [0]
+
+    monkeypatch.setattr(torch.ops.vllm_para, "compute_vectors", real, raising=False)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    pages.plan = None  # traced in a decode step
+    torch._dynamo.reset()
+    torch.compile(tap, backend=backend, fullgraph=True)(x)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert any("vllm_para.compute_vectors" in t for t in targets), targets
+    assert ops.OP_NAME == "vllm_para::compute_vectors"
 
 
 def test_missing_modules_named():

@@ -8,7 +8,10 @@ method) and add PARA around it:
 - `input_layernorm` -> `ResidualTap`: the stream entering the layer is the
   norm's input (first layer: `residual is None`) or the residual its fused add
   returns; the VG op runs on it for this step's prompts and writes their
-  vectors into the side buffer;
+  vectors into the side buffer. A compiled graph always holds the call (it is
+  traced once, so it cannot depend on the step); run eagerly (`enforce_eager`,
+  or any forward outside a graph), a step with no VG rows (every decode step)
+  skips the call, and with it the dispatcher's fixed cost per layer;
 - `self_attn.qkv_proj` -> `ScaledProjection`: output (bias included) times the
   token's `[l_q | l_k | l_v]` (this rank's slice), before any q/k norm or rotary;
 - `mlp.gate_up_proj` -> `ScaledProjection`: output times `[l_g | l_u]`, before
@@ -48,7 +51,8 @@ class ResidualTap(nn.Module):
         else:
             out = self.base_layer(x, residual, *args, **kwargs)
             stream = out[1]  # x + residual: what the layer's residual branch carries
-        torch.ops.vllm_para.compute_vectors(stream, self.para_pages.vectors, self.para_layer, SIDE_BUFFER_KEY)
+        if torch.compiler.is_compiling() or self.para_pages.plan:
+            torch.ops.vllm_para.compute_vectors(stream, self.para_pages.vectors, self.para_layer, SIDE_BUFFER_KEY)
         return out
 
 

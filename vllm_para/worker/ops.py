@@ -4,7 +4,10 @@ Registered as a torch custom op so torch.compile treats it as opaque and
 calls it eagerly each step (on GPU it is also a CUDA-graph break point); it
 mutates the side buffer in place and returns nothing, so its output has no
 data-dependent shape. With no prompt in the step (every decode step) it
-returns at once: decode never runs the VG. A static adapter's prompts ((IA)^3:
+returns at once: decode never runs the VG. Run eagerly, the layer wrapper does
+not even call it in such a step (`layers.ResidualTap`); a compiled graph holds
+the call in every step (on GPU, decode steps replay FULL graphs captured
+without it: `graph_guard.py`). A static adapter's prompts ((IA)^3:
 the vector does not depend on the prompt) never reach it: the runtime writes
 their pages once, before the forward (`PARARuntime.plan_step`).
 
