@@ -14,16 +14,13 @@ from http import HTTPStatus
 from vllm_para.api.admission import frontend_registry
 from vllm_para.common.settings import REQUEST_ADAPTER_KEY, adapter_name_problem
 
-# The PARA adapter the current HTTP request selected (each request runs in its own task):
-# by `model` name (also the response's model name) / by `model` or `vllm_xargs.para_adapter`.
-# Set by `_maybe_get_adapters` and read later in the same request's handler (`model_name`, beam
-# search). Never reset on purpose: the server runs each HTTP request in its own asyncio task, whose
-# context is a copy, so a value set here is seen by that request only and goes away with its task.
-# Both are set at the start of every OpenAI request (`_maybe_get_adapters`, before anything reads
-# them) and read later in the same request (the response's model name, HTTP beam search). They are
-# not reset there because they must outlive that call; they cannot leak into another request:
-# uvicorn runs each HTTP request in its own asyncio task, on a copy of the context, and every
-# request overwrites both before use (tests/test_server.py mixes adapters and the base model).
+# The PARA adapter the current HTTP request selected by `model` name (also the response's model
+# name) / uses, by `model` or `vllm_xargs.para_adapter`. Both are set at the start of every OpenAI
+# request (`_maybe_get_adapters`, before anything reads them) and read later in the same request
+# (`model_name`, HTTP beam search), so they are not reset when that call returns: they must outlive
+# it. They cannot leak into another request: uvicorn runs each HTTP request in its own asyncio task,
+# on a copy of the context that goes away with the task, and every request overwrites both before
+# use (tests/test_server.py mixes adapters and the base model).
 _selected_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_adapter", default=None)
 _requested_adapter: contextvars.ContextVar[str | None] = contextvars.ContextVar("para_requested", default=None)
 
