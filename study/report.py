@@ -79,6 +79,21 @@ def _engines(rows) -> dict[str, str]:
     return {r["method"]: r["engine"] for r in rows}
 
 
+def _grid_line(cfg) -> str:
+    """What this run trained and what was cut from the full grid (every method x task x seed)."""
+    seeded = "every method" if cfg.seed_methods is None else ", ".join(cfg.seed_methods) + " only"
+    multi = ("none" if not cfg.multitask else
+             "every method" if cfg.multi_methods is None else ", ".join(cfg.multi_methods))
+    low = (f"{', '.join(cfg.low_data_methods)} on the first {', '.join(map(str, cfg.low_data))} training examples"
+           if cfg.low_data else "not run")
+    abl = (f"{', '.join(cfg.ablations)} on {', '.join(cfg.ablation_tasks)}, seeds {list(cfg.ablation_seeds)}"
+           if cfg.ablations else "not run")
+    return (f"Grid: seeds beyond the first for {seeded}; multi-task adapters: {multi}"
+            f"{'' if cfg.multi_seeds else ' (first seed only)'}; low-data axis: {low}; ablations: {abl}. "
+            f"Training dtype: {'bfloat16 autocast' if cfg.use_bf16 else 'float32'}"
+            f"{' (bf16=auto: this CPU has no native bfloat16)' if cfg.bf16 == 'auto' and not cfg.use_bf16 else ''}.\n")
+
+
 def _base_line(base: Path) -> str:
     from vllm_para.base_model import MANIFEST
 
@@ -110,6 +125,7 @@ def write_report(run_dir: Path, cfg, base: Path, rows, chosen, ref, vectors, dat
              f"(multi-task adapter: {cfg.multi_steps} steps on all tasks mixed), cosine schedule, "
              f"learning rate picked per method and task on the validation split from {dict(cfg.lr_grid)}. "
              f"Seeds: {list(cfg.seeds)}. Greedy decoding. Metrics (test, %): {metric_names}.\n")
+    L.append(_grid_line(cfg))
     L.append("Engines: `vllm` = all PARA and (IA)^3 adapters and the base model in ONE vLLM engine (this plugin; "
              "(IA)^3 as static PARA vectors); `vllm-lora` = all LoRA adapters in ONE vLLM engine (vLLM "
              "multi-LoRA); `transformers` = BitFit, which vLLM does not serve, through transformers' `generate`.\n")

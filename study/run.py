@@ -93,12 +93,23 @@ class StudyConfig:
     seed_methods: tuple[str, ...] | None = None  # methods that get the extra seeds (None: all)
     multi_lrs: int | None = None  # how many of the grid's rates the multi-task adapters try (None: all)
     multi_seeds: bool = True  # the multi-task adapters get the extra seeds too
-    bf16: bool = False  # train under bf16 autocast (the VG and the loss stay float32)
+    # train under bf16 autocast (the VG and the loss stay float32); "auto": where the CPU computes bf16
+    # natively (AVX512-BF16 / AMX), else float32 (emulated bf16 is ~37x slower on an AVX2 CPU)
+    bf16: bool | str = False
     enforce_eager: bool = False  # vLLM engines without compilation (a real base compiles for minutes on CPU)
     # the low-data axis: these methods are trained again on the first N training examples (same steps,
     # the rate chosen at n_train, seed 0); the n_train adapters are the axis' last point
     low_data: tuple[int, ...] = ()
     low_data_methods: tuple[str, ...] = ("para", "lora_matched")
+    multi_methods: tuple[str, ...] | None = None  # methods that get a multi-task adapter (None: all)
+
+    @property
+    def use_bf16(self) -> bool:
+        if self.bf16 == "auto":
+            from vllm_para.training.train import cpu_has_native_bf16
+
+            return cpu_has_native_bf16()
+        return bool(self.bf16)
 
 
 REAL_BASE_LR_GRID = {  # PARA at 5e-3 diverged on SmolLM2-135M; 1e-3 trains
@@ -112,18 +123,18 @@ PRESETS: dict[str, StudyConfig] = {
     "quick": StudyConfig(
         tasks=HARD_TASK_NAMES, n_train=256, n_val=0, n_test=50, steps=15, batch_size=8, methods=("para",),
         lr_grid={"para": (2e-3,)},
-        seeds=(0,), multitask=False, ablations=(), reference_prompts=8, vector_prompts=0, bf16=True,
+        seeds=(0,), multitask=False, ablations=(), reference_prompts=8, vector_prompts=0, bf16="auto",
         enforce_eager=True,
     ),
     "core": StudyConfig(tasks=HARD_TASK_NAMES, seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256,
-                        lr_grid=REAL_BASE_LR_GRID, bf16=True, enforce_eager=True),
+                        lr_grid=REAL_BASE_LR_GRID, bf16="auto", enforce_eager=True),
     # Budgeted to ~100 minutes on 2 cores (`python -m study.budget`: every method ~2.1 s per bf16
     # step of batch 8, ~3.4 s in float32): 20 steps per per-task adapter, 60 per multi-task one; 2 rates for
     # every method on seed 0 (multi-task: the lower rate only); seeds 1-2 for PARA and matched LoRA only;
     # ablations on arith and sql, seed 0. About 2,300 training steps (~82 min) plus the served evaluations.
     "full": StudyConfig(tasks=HARD_TASK_NAMES, steps=20, multi_steps=60, batch_size=8, n_train=256, n_val=50,
                         n_test=100, lr_grid=REAL_BASE_LR_GRID, seed_methods=("para", "lora_matched"), multi_lrs=1,
-                        multi_seeds=False, ablation_tasks=("arith", "sql_hard"), low_data=(16, 64), bf16=True,
+                        multi_seeds=False, ablation_tasks=("arith", "sql_hard"), low_data=(16, 64), bf16="auto",
                         enforce_eager=True),
     # the 1.3M-parameter synthetic base (study.pretrain), as before
     "quick-synthetic": StudyConfig(
@@ -174,6 +185,7 @@ def _spec(d: dict) -> tuple:
 def grid_jobs(cfg: StudyConfig) -> list[Job]:
     scopes = list(cfg.tasks) + ([MULTI] if cfg.multitask else [])
     return [Job(m, t, lr, cfg.seeds[0], _spec(METHODS[m])) for m in cfg.methods for t in scopes
+            if t != MULTI or cfg.multi_methods is None or m in cfg.multi_methods
             for lr in (cfg.lr_grid[m][:cfg.multi_lrs] if t == MULTI and cfg.multi_lrs else cfg.lr_grid[m])]
 
 
@@ -182,7 +194,7 @@ def phase_b_jobs(cfg: StudyConfig, chosen: dict[tuple[str, str], float]) -> list
     seeded = [m for m in cfg.methods if cfg.seed_methods is None or m in cfg.seed_methods]
     seeded_scopes = scopes if cfg.multi_seeds else list(cfg.tasks)
     jobs = [Job(m, t, chosen[(m, t)], s, _spec(METHODS[m])) for m in seeded for t in seeded_scopes
-            for s in cfg.seeds[1:]]
+            if (m, t) in chosen for s in cfg.seeds[1:]]
     for m in cfg.low_data_methods if cfg.low_data else ():
         if m in cfg.methods:
             jobs += [Job(f"{m}[n={n}]", t, chosen[(m, t)], cfg.seeds[0], _spec({**METHODS[m], "n_train": n}),
@@ -267,7 +279,7 @@ def train_job(job: Job, base: Path, data: Data, cfg: StudyConfig, work: Path, lo
         output=out / "trained" if first else out,
         method=args["method"], lr=job.lr, max_steps=steps, batch_size=cfg.batch_size, seed=job.seed,
         lr_scheduler_type="cosine", warmup_ratio=0.05, save_steps=0, logging_steps=max(1, steps // 6),
-        device="cpu", progress=False, max_length=256, bf16=cfg.bf16,
+        device="cpu", progress=False, max_length=256, bf16=cfg.use_bf16,
     )
     if args["method"] == "para":
         kw.update(r=args["r"], targets=tuple(args["targets"]), pooling="mean" if first else pooling)

@@ -62,6 +62,31 @@ def test_full_preset_plans_the_low_data_axis_and_fits_its_budget():
     assert steps <= 2800, steps  # ~2.1 s per bf16 step on 2 cores: about 100 minutes of training
 
 
+def test_multi_task_adapters_only_for_the_named_methods():
+    cfg = study.StudyConfig(tasks=("qa", "copa"), seeds=(0, 1), multi_methods=("para",), multi_seeds=True, ablations=())
+    grid = study.grid_jobs(cfg)
+    assert {j.label for j in grid if j.task == study.MULTI} == {"para"}
+    assert {j.label for j in grid if j.task == "qa"} == set(cfg.methods)
+    chosen = {(j.label, j.task): j.lr for j in grid}
+    extra = study.phase_b_jobs(cfg, chosen)  # the extra seeds: only where a first one was trained
+    assert {j.label for j in extra if j.task == study.MULTI} == {"para"}
+
+
+def test_bf16_auto_follows_the_cpu_and_the_report_says_what_ran():
+    from study.report import _grid_line
+    from vllm_para.training.train import cpu_has_native_bf16
+
+    assert not cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse avx2 fma\n")  # AVX2 only: emulated
+    assert cpu_has_native_bf16("flags\t\t: avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags : avx2 amx_tile amx_bf16\n")
+    assert not cpu_has_native_bf16("")
+    assert all(study.PRESETS[p].bf16 == "auto" for p in ("quick", "core", "full"))
+    cfg = study.StudyConfig(bf16="auto")
+    assert cfg.use_bf16 == cpu_has_native_bf16()
+    line = _grid_line(study.PRESETS["full"])
+    assert "Training dtype:" in line and "low-data axis:" in line and "ablations:" in line
+
+
 def test_low_data_jobs_train_on_the_first_examples(tmp_path):
     cfg = study.StudyConfig(tasks=("qa_hard",), n_train=40, n_val=0, n_test=0, multitask=False, low_data=(8,))
     data = study.Data(cfg, tmp_path)

@@ -284,6 +284,24 @@ def _bf16_accelerator() -> bool:
     return bool(is_torch_bf16_gpu_available())
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo).
+
+    Without either (e.g. an AVX2-only CPU) PyTorch emulates bf16 matmuls: a SmolLM2-135M
+    training step measured 78 s under bf16 autocast against 2.1 s in float32 on 2 AVX2 cores."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -321,6 +339,9 @@ def train(args: TrainArgs, model=None, tokenizer=None, callbacks: list | None = 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
+    if args.bf16 and not _bf16_accelerator() and not cpu_has_native_bf16():
+        _log("warning: --bf16 on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16): PyTorch emulates it, "
+             "often 10-40x slower than float32; drop --bf16 on this machine.")
     if model is None:
         from transformers import AutoModelForCausalLM
 
