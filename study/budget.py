@@ -18,6 +18,27 @@ from pathlib import Path
 from .run import METHODS, study_base
 
 
+# Float32 seconds per training step of batch 8, per task (PARA, 2 threads; median of 3 after one
+# warm-up; 2026-12-03, an AMD EPYC with AVX2 only: no native bfloat16, the slowest 2-core machine the
+# study has met). Matched LoRA measured 1.10-1.19x PARA's step; the other methods are within that.
+STEP_SECONDS = {"qa_hard": 7.7, "boolq": 4.9, "arith": 4.7, "sql_hard": 3.4, "copa": 2.1}
+METHOD_FACTOR = 1.15  # every method but PARA (a bound: lora_matched, the dearest measured)
+
+
+def training_seconds(cfg, jobs) -> float:
+    """Estimated training time of `jobs` under `cfg` on the machine of STEP_SECONDS (2-thread steps;
+    the study trains 2 adapters at a time on one thread each, which is not slower)."""
+    from .base import MULTI
+
+    multi = sum(STEP_SECONDS[t] for t in cfg.tasks) / len(cfg.tasks)
+    total = 0.0
+    for job in jobs:
+        steps = cfg.multi_steps if job.task == MULTI else cfg.steps
+        per_step = multi if job.task == MULTI else STEP_SECONDS[job.task]
+        total += steps * per_step * (1.0 if job.args["method"] == "para" else METHOD_FACTOR)
+    return total
+
+
 def step_seconds(base: Path, label: str, bf16: bool, steps: int, work: Path, task: str = "qa") -> float:
     from transformers import TrainerCallback
 

@@ -128,14 +128,18 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "core": StudyConfig(tasks=HARD_TASK_NAMES, seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256,
                         lr_grid=REAL_BASE_LR_GRID, bf16="auto", enforce_eager=True),
-    # Budgeted to ~100 minutes on 2 cores (`python -m study.budget`: every method ~2.1 s per bf16
-    # step of batch 8, ~3.4 s in float32): 20 steps per per-task adapter, 60 per multi-task one; 2 rates for
-    # every method on seed 0 (multi-task: the lower rate only); seeds 1-2 for PARA and matched LoRA only;
-    # ablations on arith and sql, seed 0. About 2,300 training steps (~82 min) plus the served evaluations.
-    "full": StudyConfig(tasks=HARD_TASK_NAMES, steps=20, multi_steps=60, batch_size=8, n_train=256, n_val=50,
-                        n_test=100, lr_grid=REAL_BASE_LR_GRID, seed_methods=("para", "lora_matched"), multi_lrs=1,
-                        multi_seeds=False, ablation_tasks=("arith", "sql_hard"), low_data=(16, 64), bf16="auto",
-                        enforce_eager=True),
+    # Budgeted to about 2 hours on 2 AVX2 cores in float32 (study.budget.STEP_SECONDS: 2.1-7.7 s per step
+    # of batch 8 by task; tests/test_study.py checks the estimate, ~77 min of training): 12 steps per
+    # per-task adapter, 36 per multi-task one; PARA and matched LoRA get 2 rates on seed 0, picked on
+    # validation (only the chosen ones generate the test split), and seeds 1-2; LoRA r=8, (IA)^3 and BitFit
+    # one rate (the grid's upper one: short runs want it), seed 0; multi-task adapters for PARA and matched
+    # LoRA, the lower rate, one seed; ablations on sql_hard, seed 0; the low-data axis at 16 examples.
+    "full": StudyConfig(tasks=HARD_TASK_NAMES, steps=12, multi_steps=36, batch_size=8, n_train=256, n_val=30,
+                        n_test=100, lr_grid={**REAL_BASE_LR_GRID, "lora_r8": (1e-3,), "ia3": (1e-2,),
+                                             "bitfit": (1e-3,)},
+                        seed_methods=("para", "lora_matched"), multi_lrs=1, multi_methods=("para", "lora_matched"),
+                        multi_seeds=False, ablation_tasks=("sql_hard",), low_data=(16,), reference_prompts=16,
+                        bf16="auto", enforce_eager=True),
     # the 1.3M-parameter synthetic base (study.pretrain), as before
     "quick-synthetic": StudyConfig(
         recipe="default", n_train=1000, n_val=0, n_test=60, steps=150, methods=("para",),
@@ -437,11 +441,11 @@ def engine_requests(jobs: list[Job], data: Data, cached: set[str], include_base:
 
 
 def evaluate(jobs: list[Job], base: Path, data: Data, work: Path, preds: Predictions, log,
-             include_base: bool = False) -> dict[str, float]:
-    """Generate (val + test) for every job not yet cached: one subprocess per engine, the
+             include_base: bool = False, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
+    """Generate `splits` for every job not yet cached: one subprocess per engine, the
     engines running concurrently."""
     procs = {}
-    for engine, (group, reqs) in engine_requests(jobs, data, set(preds.rows), include_base).items():
+    for engine, (group, reqs) in engine_requests(jobs, data, set(preds.rows), include_base, splits).items():
         needed = {r["adapter"] for r in reqs if r["adapter"]}
         spec = {"engine": engine, "base": str(base), "requests": reqs,
                 "adapters": {j.id: str(work / "adapters" / j.id) for j in group if j.id in needed},
@@ -601,8 +605,11 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     t = time.time()
     infos = train_all(grid, base, data, cfg, work, log)
     timings["train_grid_s"] = round(time.time() - t, 1)
-    timings.update({f"eval_A_{k}_s": v
-                    for k, v in evaluate(grid, base, data, work, preds, log, include_base=True).items()})
+    # the rate is chosen on validation (on test where there is no validation split): every grid
+    # adapter generates that split; only the chosen ones generate the test split (phase B)
+    select_split = ("val",) if cfg.n_val else ("test",)
+    timings.update({f"eval_A_{k}_s": v for k, v in
+                    evaluate(grid, base, data, work, preds, log, include_base=True, splits=select_split).items()})
     chosen = choose_lrs(cfg, grid, data, preds)
 
     log("[study] phase B: more seeds and ablations at the chosen rates")
@@ -610,7 +617,10 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
     t = time.time()
     infos.update(train_all(extra, base, data, cfg, work, log))
     timings["train_B_s"] = round(time.time() - t, 1)
-    timings.update({f"eval_B_{k}_s": v for k, v in evaluate(extra, base, data, work, preds, log).items()})
+    selected = [j for j in grid if chosen.get((j.label, j.task)) == j.lr]
+    timings.update({f"eval_B_{k}_s": v for k, v in
+                    evaluate(selected + extra, base, data, work, preds, log, include_base=True,
+                             splits=("test",)).items()})
 
     ref = {}
     ref_jobs = [j for j in grid if j.label == "para" and chosen[(j.label, j.task)] == j.lr]

@@ -58,8 +58,10 @@ def test_full_preset_plans_the_low_data_axis_and_fits_its_budget():
                for j in low)
     assert not any(j.task == study.MULTI for j in extra if j.group == "main")  # multi_seeds=False
     assert len({j.id for j in grid + extra}) == len(grid + extra)
-    steps = sum(cfg.multi_steps if j.task == study.MULTI else cfg.steps for j in grid + extra)
-    assert steps <= 2800, steps  # ~2.1 s per bf16 step on 2 cores: about 100 minutes of training
+    from study.budget import training_seconds
+
+    minutes = training_seconds(cfg, grid + extra) / 60  # float32, 2 AVX2 cores: the slowest machine met
+    assert minutes <= 80, minutes  # what is left of 2 hours serves the evaluations
 
 
 def test_multi_task_adapters_only_for_the_named_methods():
