@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.profile_step [--eager] [--tokens 64] [--batch 1]
 
-Builds the load test's full-mode model (hidden 1024, 4 layers) and 8 PARA adapters, then runs
+Builds the load test's full-mode model (hidden 1024, 4 layers; `--model smollm2-135m`: the real base)
+and 8 PARA adapters, then runs
 the same greedy decode in a plain engine and in a PARA engine (requests using adapters), one
 engine at a time, in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, so the engine core and the
 worker run under the profiler). Prints wall time per decode step for both and the cumulative
@@ -18,7 +19,6 @@ import cProfile
 import os
 import pstats
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,13 +58,12 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default="random", choices=("random", "smollm2-135m"),
+                   help="random: the load test's full-mode random-weight shape; smollm2-135m: the real base")
     args = p.parse_args()
-    from bench import adapters as ad
-    from bench.systems import MODES
+    from bench.in_process import build_full_model
 
-    work = Path(tempfile.mkdtemp(prefix="profile_step_"))
-    base = ad.build_base(MODES["full"].model, work / "base")
-    adapters = ad.build_para_adapters(base, work / "para", 8)
+    _, base, adapters = build_full_model("profile_step_", 8, args.model)
     steps = args.repeats * args.tokens
     for system in ("plain", "para", "plain", "para"):
         per_step, stats = run(system, base, adapters, args)
