@@ -194,8 +194,12 @@ def test_mixed_batch_equals_each_alone_and_peft(llama, tmp_path):
         mixed = reference(ids, adapter_names=rows).logits
         for b, name in enumerate(rows):
             alone = reference(ids[b : b + 1], adapter_names=[name]).logits[0]
-            # batch of 7 vs 1: BLAS sums in another order (test_reference's rule)
-            torch.testing.assert_close(mixed[b], alone, atol=ATOL, rtol=1e-5)
+            # batch of 7 vs 1: BLAS sums in another order (test_reference's rule). A PARA row's
+            # vectors depend on its prompt, so the VG carries that order noise of the pooled state
+            # into every scaled projection (test_reference's 1e-4 rule for VG outputs): on an AVX2
+            # CPU this random adapter's row moved 2.2e-5 against 2.5-4.0e-6 for the other rows.
+            atol = 1e-4 if name == "para" else ATOL
+            torch.testing.assert_close(mixed[b], alone, atol=atol, rtol=1e-5)
         for name in ("a", "b"):
             model = PeftModel.from_pretrained(_base(llama), str(tmp_path / name)).eval()
             want = model(input_ids=ids).logits
