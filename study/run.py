@@ -624,7 +624,7 @@ def run(cfg: StudyConfig, run_dir: Path, work: Path | None = None, log=None) -> 
                              splits=("test",)).items()})
 
     ref = {}
-    ref_jobs = [j for j in grid if j.label == "para" and chosen[(j.label, j.task)] == j.lr]
+    ref_jobs = [j for j in selected if j.label == "para"]
     if cfg.reference_prompts and ref_jobs:
         t = time.time()
         ref = reference_check(ref_jobs, base, data, work, preds, cfg.reference_prompts, log)
