@@ -46,6 +46,18 @@ def test_vg_forward_matches_hand_computation():
                            out_dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_gelu_exact_is_torch_exact_gelu_with_its_gradient():
+    x = torch.linspace(-12, 12, 4801, dtype=torch.float64)
+    torch.testing.assert_close(core.gelu_exact(x), torch.nn.functional.gelu(x), rtol=1e-12, atol=1e-15)
+    x32 = x.float().requires_grad_()
+    core.gelu_exact(x32).sum().backward()
+    ref = x.clone().requires_grad_()
+    torch.nn.functional.gelu(ref).sum().backward()
+    assert (core.gelu_exact(x.float()).double() - torch.nn.functional.gelu(x)).abs().max() < 2e-6
+    assert (x32.grad.double() - ref.grad).abs().max() < 1e-6
+    assert core.gelu_exact(torch.tensor([-30.0])).item() == 0.0  # no NaN, no cancellation far left
+
+
 def test_vg_forward_is_float32_for_low_precision_inputs():
     p = torch.randn(2, 4).bfloat16()
     out = core.vg_forward(p, torch.randn(3, 4).bfloat16(), torch.randn(5, 3).bfloat16(), torch.randn(5).bfloat16())
