@@ -660,9 +660,16 @@ def summary_rows(jobs, chosen, infos, data: Data, preds: Predictions) -> list[di
                         task=t, method=job.label, seed=job.seed, trainable_params=infos[job.id]["trainable_params"],
                         metric=metric, value=value, split=split, engine=engine, lr=job.lr,
                         scope="multi-task" if job.task == MULTI else "per-task", group=job.group,
-                        selected=chosen.get((job.label, job.task), chosen.get(("para", job.task))) == job.lr,
+                        selected=chosen.get((job.label, job.task), chosen.get((method_of(job.label), job.task)))
+                        == job.lr,
                     ))
     return rows
+
+
+def method_of(label: str) -> str:
+    """The method an ablation or low-data label varies ("para[r=4]" -> "para", "lora_matched[n=16]" ->
+    "lora_matched"): such a job runs at its method's chosen rate."""
+    return label.split("[")[0]
 
 
 COLUMNS = ("task", "method", "seed", "trainable_params", "metric", "value", "split", "engine", "lr", "scope", "group",

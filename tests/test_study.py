@@ -173,3 +173,11 @@ def test_reproduce_quick(tmp_path):
     line = next(l for l in report.splitlines() if "identical** greedy" in l)
     compared = json.loads("[" + line.split("**")[1].split(" ")[0].replace("/", ",") + "]")
     assert compared[0] == compared[1] > 0
+
+
+def test_low_data_and_ablation_labels_take_their_methods_rate():
+    from study.run import method_of
+
+    assert method_of("lora_matched[n=16]") == "lora_matched"  # not PARA's rate (the full run's bug)
+    assert method_of("para[r=4]") == "para"
+    assert method_of("ia3") == "ia3"
