@@ -56,6 +56,10 @@ FLOOR, FACTOR = 1e-4, 3.0
 FACTOR_STRONG = 5.0
 
 
+def is_strong(name) -> bool:
+    return name in SPECS and SPECS[name][3] is STRONG
+
+
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory):
     from vllm_para.base_model import ensure_base
@@ -97,7 +101,7 @@ def test_real_base_mixed_batch_matches_reference(real_base):
     ref = PARAReferenceModel.from_pretrained(base, adapters=adapters)
     want = ref.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
     for (_ids, name), g, w in zip(batch, got, want):
-        if name in SPECS and SPECS[name][3] is STRONG:
+        if is_strong(name):
             continue
         assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
     assert len({tuple(g) for g in got}) > len(prompts), "adapters changed nothing"
@@ -110,8 +114,7 @@ def test_real_base_mixed_batch_matches_reference(real_base):
     rows = []
     for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
         err = gap(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name))
-        factor = FACTOR_STRONG if name in SPECS and SPECS[name][3] is STRONG else FACTOR
-        rows.append((name, err, c, max(FLOOR, factor * c)))
+        rows.append((name, err, c, max(FLOOR, (FACTOR_STRONG if is_strong(name) else FACTOR) * c)))
     # the (IA)^3 rows against PEFT's own (unmerged) model
     for (ids, name), out, g, (_, _, _c, tol) in zip(batch, outs, got, rows):
         if name == IA3:
