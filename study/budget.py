@@ -39,6 +39,59 @@ def training_seconds(cfg, jobs) -> float:
     return total
 
 
+# The full preset's run of 2026-12-04 (reproduction/results/full-real-20261204: 2 cores of an AMD EPYC
+# with AVX512-BF16, bf16 training, n_test 100): training wall 1189 + 1005 s; served evaluation per
+# request, the PARA and LoRA engines running concurrently (phase A: PARA 750 requests in 452 s, LoRA
+# 600 in 875 s; phase B: PARA 4,400 in 2,314 s, LoRA 3,000 in 4,366 s). BitFit's transformers
+# engine is not budgeted: its few hundred requests end long before the LoRA engine's.
+MEASURED_TRAIN_WALL_S = 1189 + 1005
+MEASURED_FULL_N_TEST = 100
+SECONDS_PER_REQUEST = {"para": 0.60, "lora": 1.46}
+OTHER_S = 120  # the reference check (55 s), the vector analysis and the report
+
+
+def eval_requests(cfg) -> dict[str, dict[str, int]]:
+    """{phase: {engine: requests}} the study sends: phase A, every grid adapter on the selection
+    split (validation, or test without one); phase B, the chosen grid adapters and phase B's on
+    test; the base model in both, on the PARA engine (never on the LoRA one: see study.run)."""
+    from .run import eval_tasks, grid_jobs, phase_b_jobs
+
+    grid = grid_jobs(cfg)
+    chosen = {}
+    for j in grid:  # the request count does not depend on which rate is chosen
+        chosen.setdefault((j.label, j.task), j.lr)
+    selected = [j for j in grid if chosen[(j.label, j.task)] == j.lr]
+    extra = phase_b_jobs(cfg, chosen)
+    # without a validation split phase A already generated test for the base and the grid
+    phases = {"A": (grid, cfg.n_val or cfg.n_test, True),
+              "B": (extra if not cfg.n_val else selected + extra, cfg.n_test, bool(cfg.n_val))}
+    out = {}
+    for phase, (jobs, n, with_base) in phases.items():
+        counts = {"para": len(cfg.tasks) * n if with_base else 0}
+        for j in jobs:
+            counts[j.engine] = counts.get(j.engine, 0) + len(eval_tasks(cfg, j.task)) * n
+        out[phase] = counts
+    return out
+
+
+def wall_minutes(cfg) -> float:
+    """Estimated wall time of a study run on the machine of the measured full run: training scaled
+    from its measured wall by training_seconds(), each evaluation phase as long as its slowest engine."""
+    from dataclasses import replace
+
+    from .run import PRESETS, grid_jobs, phase_b_jobs
+
+    def jobs(c):
+        grid = grid_jobs(c)
+        return grid + phase_b_jobs(c, {(j.label, j.task): j.lr for j in grid})
+
+    measured = replace(PRESETS["full"], n_test=MEASURED_FULL_N_TEST)
+    train = MEASURED_TRAIN_WALL_S * training_seconds(cfg, jobs(cfg)) / training_seconds(measured, jobs(measured))
+    evals = sum(max(n * SECONDS_PER_REQUEST.get(e, 0.0) for e, n in counts.items())
+                for counts in eval_requests(cfg).values())
+    return (train + evals + OTHER_S) / 60
+
+
 def step_seconds(base: Path, label: str, bf16: bool, steps: int, work: Path, task: str = "qa") -> float:
     from transformers import TrainerCallback
 

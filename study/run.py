@@ -129,14 +129,17 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "core": StudyConfig(tasks=HARD_TASK_NAMES, seeds=(0,), ablations=(), steps=40, batch_size=8, n_train=256,
                         lr_grid=REAL_BASE_LR_GRID, bf16="auto", enforce_eager=True),
-    # Budgeted to about 2 hours on 2 AVX2 cores in float32 (study.budget.STEP_SECONDS: 2.1-7.7 s per step
-    # of batch 8 by task; tests/test_study.py checks the estimate, ~77 min of training): 12 steps per
+    # Budgeted to 2 hours on 2 cores with native bf16 (study.budget.wall_minutes, from the measured full
+    # run; on 2 AVX2 cores in float32 training alone is ~77 min by study.budget.STEP_SECONDS, 2.1-7.7 s per
+    # step of batch 8 by task; tests/test_study.py checks both estimates): 12 steps per
     # per-task adapter, 36 per multi-task one; PARA and matched LoRA get 2 rates on seed 0, picked on
     # validation (only the chosen ones generate the test split), and seeds 1-2; LoRA r=8, (IA)^3 and BitFit
     # one rate (the grid's upper one: short runs want it), seed 0; multi-task adapters for PARA and matched
     # LoRA, the lower rate, one seed; ablations on sql_hard, seed 0; the low-data axis at 16 examples.
+    # 70 test examples per task (the run of 2026-12-04 had 100 and took 127 min, the LoRA engine's
+    # 3,000 test requests being the long pole; study.budget.wall_minutes estimates 104 min now).
     "full": StudyConfig(tasks=HARD_TASK_NAMES, steps=12, multi_steps=36, batch_size=8, n_train=256, n_val=30,
-                        n_test=100, lr_grid={**REAL_BASE_LR_GRID, "lora_r8": (1e-3,), "ia3": (1e-2,),
+                        n_test=70, lr_grid={**REAL_BASE_LR_GRID, "lora_r8": (1e-3,), "ia3": (1e-2,),
                                              "bitfit": (1e-3,)},
                         seed_methods=("para", "lora_matched"), multi_lrs=1, multi_methods=("para", "lora_matched"),
                         multi_seeds=False, ablation_tasks=("sql_hard",), low_data=(16,), reference_prompts=16,
@@ -234,7 +237,12 @@ class Data:
             self.paths[MULTI] = write_jsonl(mixed, self.dir / "multi.train.jsonl")
 
     def eval_tasks(self, scope: str) -> list[str]:
-        return list(self.cfg.tasks) if scope in (MULTI, "base") else [scope]
+        return eval_tasks(self.cfg, scope)
+
+
+def eval_tasks(cfg: StudyConfig, scope: str) -> list[str]:
+    """The tasks an adapter of `scope` (a task, MULTI, or "base") is evaluated on."""
+    return list(cfg.tasks) if scope in (MULTI, "base") else [scope]
 
 
 # ----------------------------------------------------------------- training

@@ -64,6 +64,23 @@ def test_full_preset_plans_the_low_data_axis_and_fits_its_budget():
     assert minutes <= 80, minutes  # what is left of 2 hours serves the evaluations
 
 
+def test_budget_counts_the_requests_the_full_run_sent_and_fits_two_hours():
+    from dataclasses import replace
+
+    from study.budget import MEASURED_FULL_N_TEST, eval_requests, wall_minutes
+
+    # the counts the run of 2026-12-04 logged (reproduction/results/full-real-20261204), at its n_test
+    measured = replace(study.PRESETS["full"], n_test=MEASURED_FULL_N_TEST)
+    counts = eval_requests(measured)
+    assert {e: counts["A"][e] for e in ("para", "lora")} == {"para": 750, "lora": 600}
+    assert {e: counts["B"][e] for e in ("para", "lora")} == {"para": 4400, "lora": 3000}
+    assert 120 < wall_minutes(measured) < 130  # it took 126.7 min
+    assert wall_minutes(study.PRESETS["full"]) <= 110  # the preset now, with a margin under 120
+    # without a validation split, phase A's test generations are reused: the base is not sent twice
+    quick = eval_requests(study.PRESETS["quick"])
+    assert quick["B"]["para"] == 0 and quick["A"]["para"] == 5 * 40 * 2
+
+
 def test_multi_task_adapters_only_for_the_named_methods():
     cfg = study.StudyConfig(tasks=("qa", "copa"), seeds=(0, 1), multi_methods=("para",), multi_seeds=True, ablations=())
     grid = study.grid_jobs(cfg)
