@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -138,7 +136,7 @@ def _meta(plan: FleetPlan, slots: list[P.Slot], label: str | None) -> dict:
         "protocol": f"ABBA, {plan.rounds} measured round(s), one server at a time, a fresh server for every slot "
                     "(each starts with no tenant loaded); warm-up: base model + warm-up adapter only",
         "order": f"`{P.order_string(slots)}` ({len(P.lives(slots))} server starts)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": P.machine(),
         "systems": {},
     }
     if label:

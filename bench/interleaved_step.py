@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -95,7 +93,7 @@ def main(argv=None) -> int:
              f"{'PARA first' if args.para_first else 'plain first'}",
              f"- {args.rounds} rounds, ABBA order, each: decode pass ({args.batch} x {args.prompt_len} -> "
              f"{args.tokens} tokens) and prefill pass (max_tokens=1) per engine; warm-up excluded",
-             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", "",
+             f"- machine: {P.machine()}; date {time.strftime('%Y-%m-%d %H:%M')}", "",
              "| | median | min-max |", "|---|---|---|",
              f"| plain decode step (ms) | {per['plain'].median:.2f} | {per['plain'].lo:.2f}-{per['plain'].hi:.2f} |",
              f"| PARA decode step (ms) | {per['para'].median:.2f} | {per['para'].lo:.2f}-{per['para'].hi:.2f} |",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -152,7 +151,7 @@ both engines), each followed by a {args.para_tokens}-token prompt that names a P
 ({' | '.join(' '.join(P.round_order(M.SYSTEMS, r)) for r in range(min(args.rounds, 4)))}\
 {' ...' if args.rounds > 4 else ''}),
 the same token ids for both engines in a round; a warm-up pass per engine excluded. Medians [min-max] over rounds.
-Machine: {platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}.
+Machine: {P.machine()}; {time.strftime('%Y-%m-%d %H:%M')}.
 
 Reproduce: `.venv/bin/python -m bench.mixed_itl_step --mode {args.mode} --dtype {args.dtype} \
 --rounds {args.rounds}`."""

@@ -42,7 +42,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -177,7 +176,7 @@ def write_results(ms: list[P.Measurement], args, slots, lives_log) -> dict:
         "process; `*` = reused engine)",
         f"- warm-up: every engine runs a 4-token pass and a prefill pass on its own prompts first "
         f"({doc['warmups_excluded']} warm-up measurements, all excluded)",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        f"- machine: {P.machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
         "## Per system (median [min-max] over measured rounds)", "",
         "| system | output tok/s | prefill pass s | per-round output tok/s |", "|---|---|---|---|"]

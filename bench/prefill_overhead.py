@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -76,7 +74,7 @@ def main(argv=None) -> int:
         f"{args.adapters} {kind} adapters, {args.batch} distinct per pass; {args.prompt_len}-token prompts",
         f"- {args.rounds} rounds, ABBA, each: a prefill pass (max_tokens=1) with adapters and one without, "
         "in the same PARA engine; warm-up excluded",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", "",
+        f"- machine: {P.machine()}; date {time.strftime('%Y-%m-%d %H:%M')}", "",
         "| | median | min-max |", "|---|---|---|",
         f"| prefill pass, requests without adapter (ms) | {per['none'].median:.2f} | "
         f"{per['none'].lo:.2f}-{per['none'].hi:.2f} |",

@@ -31,6 +31,8 @@ starting, thermal or frequency changes, page cache) land on whichever ran second
 from __future__ import annotations
 
 import math
+import os
+import platform
 import statistics
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -135,6 +137,23 @@ class Spread:
         if self.n == 1:
             return f"{self.median:.{digits}f}{suffix}"
         return f"{self.median:.{digits}f}{suffix} [{self.lo:.{digits}f}-{self.hi:.{digits}f}]"
+
+
+def machine(cpuinfo: str | None = None) -> str:
+    """What a report's `machine:` line says: architecture, CPU count, CPU model and whether it computes
+    bfloat16 natively (AVX512-BF16 / AMX: without, a bf16 run measures PyTorch's emulation), OS."""
+    from vllm_para.training.train import cpu_has_native_bf16
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    native = "yes" if cpu_has_native_bf16(cpuinfo) else "no"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs ({model}; native bfloat16: {native}), {platform.platform()}"
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

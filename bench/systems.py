@@ -8,8 +8,6 @@ Runs in: the benchmark driver (`python -m bench.compare`), never in a server.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +179,6 @@ class Plan:
                         + ("adjacent slots of one system share a server (`*`)" if self.reuse
                            else "a fresh server for every slot"),
             "order": f"`{P.order_string(slots)}` ({len(P.lives(slots))} server starts)",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "machine": P.machine(),
             "systems": {},
         }

@@ -342,3 +342,11 @@ def test_one_percentile_for_every_report():
     defined = [str(p.relative_to(root)) for p in sources if re.search(r"^def (pct|percentile|_percentile)\(",
                                                                       p.read_text(), re.M)]
     assert defined == ["bench/protocol.py"], defined
+
+
+def test_machine_line_names_the_cpu_and_whether_bf16_is_native():
+    """A bf16 report on a CPU without AVX512-BF16/AMX measures emulation: the machine line says which."""
+    avx2 = P.machine("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma\n")
+    assert "(AMD EPYC; native bfloat16: no)" in avx2
+    native = P.machine("model name : Intel Xeon\nflags : avx2 avx512f avx512_bf16\n")
+    assert "(Intel Xeon; native bfloat16: yes)" in native
