@@ -204,6 +204,8 @@ def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
                 for part in inputs:
                     with open(part, "rb") as f:
                         shutil.copyfileobj(f, out, 1 << 22)
+            if sha256_files([gguf]) != digest:  # a chunk changed since it was hashed: convert nothing
+                raise BaseModelError(f"{src.name}: the chunks changed while being reassembled. Run it again.")
         _convert(gguf, tmp, add_bos=src.add_bos)
         for rel in src.license_files:
             shutil.copyfile(_package_file(src, src.module, rel, src.distribution), tmp / Path(rel).name)
