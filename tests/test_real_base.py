@@ -71,6 +71,23 @@ def serve_greedy(base, adapters, batch, max_model_len):
     return outs, [list(o.outputs[0].token_ids) for o in outs]
 
 
+def logprob_rows(ref, batch, outs, got, conditioning):
+    """Per request: (adapter, largest |vLLM - reference| logprob, conditioning, tolerance), and their printed
+    table. Tolerance: max(FLOOR, FACTOR x conditioning), FACTOR_STRONG for the strong adapters."""
+    rows = []
+    for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
+        err = max(abs(x - y) for x, y in zip(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name)))
+        rows.append((name, err, c, max(FLOOR, (FACTOR_STRONG if is_strong(name) else FACTOR) * c)))
+    report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
+    print(report)
+    return rows, report
+
+
+def assert_within_tolerance(rows, report) -> None:
+    for name, err, _conditioning, tol in rows:
+        assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"
+
+
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory):
     from vllm_para.base_model import ensure_base
@@ -113,23 +130,14 @@ def test_real_base_mixed_batch_matches_reference(real_base):
 
     conditioning = logprob_conditioning(base, adapters, batch, got)
 
-    def gap(a, b):
-        return max(abs(x - y) for x, y in zip(a, b))
-
-    rows = []
-    for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
-        err = gap(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name))
-        rows.append((name, err, c, max(FLOOR, (FACTOR_STRONG if is_strong(name) else FACTOR) * c)))
+    rows, report = logprob_rows(ref, batch, outs, got, conditioning)
     # the (IA)^3 rows against PEFT's own (unmerged) model
     for (ids, name), out, g, (_, _, _c, tol) in zip(batch, outs, got, rows):
         if name == IA3:
             want_ids, want_lp = peft_greedy_and_logprobs(peft_model, ids, MAX_TOKENS)
             assert g == want_ids, f"(IA)^3 on the real base: {tok.decode(g)!r} vs PEFT {tok.decode(want_ids)!r}"
             assert chosen_logprobs(out.outputs[0]) == pytest.approx(want_lp, abs=tol)
-    report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
-    print(report)
-    for name, err, _conditioning, tol in rows:
-        assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"
+    assert_within_tolerance(rows, report)
     # mean pooling's conditioning is set by the sink token; leaving it out (mean_skip_first) fixes it
     worst = {n: max(c for m, _, c, _ in rows if m == n) for n in ("all_mean_r8_strong", "all_meanskip_r8_strong")}
     assert worst["all_meanskip_r8_strong"] < 3e-4, report
@@ -183,11 +191,4 @@ def test_gemma3_real_base_mixed_batch_matches_reference(tmp_path):
         assert g == w.token_ids, f"adapter={name}: {tok.decode(g)!r} vs reference {tok.decode(w.token_ids)!r}"
     assert len({tuple(g) for g in got}) > len(prompts), "adapters changed nothing"
     conditioning = logprob_conditioning(base, adapters, batch, got, gemm_order=True)
-    rows = []
-    for (ids, name), out, g, c in zip(batch, outs, got, conditioning):
-        err = max(abs(x - y) for x, y in zip(chosen_logprobs(out.outputs[0]), ref.sequence_logprobs(ids, g, name)))
-        rows.append((name, err, c, max(FLOOR, FACTOR * c)))
-    report = "\n".join(f"{n!s:>16}: vLLM-ref {e:.2e}  conditioning {c:.2e}  tol {t:.2e}" for n, e, c, t in rows)
-    print(report)
-    for name, err, _conditioning, tol in rows:
-        assert err <= tol, f"adapter={name}: vLLM is {err:.2e} from the reference, tolerance {tol:.2e}\n{report}"
+    assert_within_tolerance(*logprob_rows(ref, batch, outs, got, conditioning))

